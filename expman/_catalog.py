@@ -1,0 +1,197 @@
+"""The checkpoint directory: its files, the ``checkpoint`` index and pins.
+
+The files are the truth: a checkpoint exists once its ``ckpt-<step>.h5`` is
+renamed into place. The ``checkpoint`` index names the latest and every kept
+checkpoint for people and tools (in the Estimator's layout); a missing or
+damaged index is reported and the directory scanned instead. A pin is a
+``ckpt-<step>.pin`` marker file, so it survives a lost index.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from expman._durable import fsync_directory, phase, write_text_atomically
+from expman._errors import CheckpointError, CheckpointIndexWarning
+from expman._format import CheckpointMetadata, read_metadata
+
+__all__ = ["INDEX_NAME", "CheckpointDirectory", "CheckpointInfo", "checkpoint_filename"]
+
+INDEX_NAME = "checkpoint"
+_CHECKPOINT = re.compile(r"^ckpt-(\d+)\.h5$")
+_INDEX_LINE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths): "(ckpt-\d+\.h5)"$')
+
+
+def checkpoint_filename(step: int) -> str:
+    return f"ckpt-{step:06d}.h5"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint in a directory.
+
+    Attributes:
+        step: the training step.
+        path: the file.
+        size: its size in bytes.
+        wall_time: when it was saved (seconds since the epoch; 0 if unreadable).
+        metrics: the metrics saved with it.
+        pinned: retention never removes it.
+        error: why it cannot be read, or None for a valid checkpoint.
+    """
+
+    step: int
+    path: Path
+    size: int
+    wall_time: float
+    metrics: Mapping[str, float]
+    pinned: bool = False
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+class CheckpointDirectory:
+    """Reads and updates one checkpoint directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._metadata: dict[tuple[str, int, int], CheckpointMetadata | CheckpointError] = {}
+
+    def steps(self) -> dict[int, Path]:
+        """Every committed checkpoint file, by step."""
+        found = {}
+        for entry in os.scandir(self.path):
+            match = _CHECKPOINT.match(entry.name)
+            if match:
+                found[int(match[1])] = Path(entry.path)
+        return dict(sorted(found.items()))
+
+    def metadata(self, path: Path) -> CheckpointMetadata:
+        """A checkpoint's metadata, cached while the file is unchanged."""
+        stat = path.stat()
+        key = (path.name, stat.st_size, stat.st_mtime_ns)
+        if key not in self._metadata:
+            try:
+                self._metadata[key] = read_metadata(path)
+            except CheckpointError as error:
+                self._metadata[key] = error
+        cached = self._metadata[key]
+        if isinstance(cached, CheckpointError):
+            raise cached
+        return cached
+
+    def infos(self) -> list[CheckpointInfo]:
+        pinned = self.pinned_steps()
+        infos = []
+        for step, path in self.steps().items():
+            try:
+                meta = self.metadata(path)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except CheckpointError as error:
+                infos.append(
+                    CheckpointInfo(step, path, _size(path), 0.0, {}, step in pinned, str(error))
+                )
+                continue
+            infos.append(
+                CheckpointInfo(step, path, meta.size, meta.wall_time, meta.metrics, step in pinned)
+            )
+        return infos
+
+    def read_index(self) -> tuple[str | None, list[str]] | None:
+        """``(latest, kept)`` file names from the index, or None if it is missing or damaged."""
+        try:
+            text = (self.path / INDEX_NAME).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            return None
+        latest, kept = None, []
+        for line in text.splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            match = _INDEX_LINE.match(line)
+            if not match:
+                return None
+            if match[1] == "model_checkpoint_path":
+                latest = match[2]
+            else:
+                kept.append(match[2])
+        return latest, kept
+
+    def latest_step(self) -> int | None:
+        """The newest committed checkpoint's step.
+
+        The index is checked on the way: a directory with checkpoints but a
+        missing or damaged index gives a :class:`CheckpointIndexWarning`. A
+        checkpoint committed after the index was last written (a crash between
+        the two) is still found, since the files are the truth.
+        """
+        steps = self.steps()
+        if not steps:
+            return None
+        index = self.read_index()
+        if index is None or index[0] is None or not (self.path / index[0]).exists():
+            warnings.warn(
+                f"checkpoint index {self.path / INDEX_NAME} is missing or damaged; "
+                "found the checkpoints by scanning the directory (the next save rewrites it)",
+                CheckpointIndexWarning,
+                stacklevel=3,
+            )
+        return max(steps)
+
+    def write_index(self, latest: int, kept: Iterable[int]) -> None:
+        phase("index")
+        lines = [
+            "# expman checkpoint index: the latest checkpoint and every kept one.",
+            "# Rewritten after each save; expman rebuilds it from the files if it is lost.",
+            f'model_checkpoint_path: "{checkpoint_filename(latest)}"',
+            *(f'all_model_checkpoint_paths: "{checkpoint_filename(s)}"' for s in sorted(kept)),
+        ]
+        write_text_atomically(self.path / INDEX_NAME, "\n".join(lines) + "\n")
+
+    def remove(self, steps: Iterable[int]) -> None:
+        """Delete checkpoints (never a pinned one), then fsync the directory."""
+        pinned = self.pinned_steps()
+        removed = False
+        for step in steps:
+            if step in pinned:
+                continue
+            phase("retention")
+            (self.path / checkpoint_filename(step)).unlink(missing_ok=True)
+            removed = True
+        if removed:
+            fsync_directory(self.path)
+
+    def pinned_steps(self) -> set[int]:
+        return {
+            int(name[5:-4])
+            for name in os.listdir(self.path)
+            if name.startswith("ckpt-") and name.endswith(".pin") and name[5:-4].isdigit()
+        }
+
+    def pin(self, step: int) -> None:
+        write_text_atomically(self.path / _pin_name(step), f"{checkpoint_filename(step)}\n")
+
+    def unpin(self, step: int) -> None:
+        (self.path / _pin_name(step)).unlink(missing_ok=True)
+        fsync_directory(self.path)
+
+
+def _pin_name(step: int) -> str:
+    return f"ckpt-{step:06d}.pin"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

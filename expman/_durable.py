@@ -1,0 +1,120 @@
+"""Durable file operations: temporary names, fsync, atomic rename.
+
+Every file expman commits is written under a temporary name in the same
+directory, fsynced, renamed into place, and the directory fsynced, so that a
+crash at any instant leaves either the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "commit_file",
+    "describe_os_error",
+    "fsync_directory",
+    "fsync_file",
+    "phase",
+    "remove_stale_temporaries",
+    "temporary_path",
+    "write_text_atomically",
+]
+
+# A test seam: called with the name of each durability phase as it starts, so
+# crash tests can kill the process at an exact point. None in normal use.
+phase_hook: Callable[[str], None] | None = None
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def phase(name: str) -> None:
+    if phase_hook is not None:
+        phase_hook(name)
+
+
+def temporary_path(final: Path) -> Path:
+    """A hidden name beside ``final`` that records the writing process."""
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_file(temporary: Path, final: Path) -> None:
+    """fsync ``temporary``, rename it to ``final`` and fsync the directory."""
+    phase("fsync")
+    fsync_file(temporary)
+    phase("rename")
+    os.replace(temporary, final)
+    phase("fsync-directory")
+    fsync_directory(final.parent)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        commit_file(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete temporary files left by writers that no longer run; return them.
+
+    A temporary file of a live process (this one included) is left alone, so
+    a concurrent writer is never disturbed.
+    """
+    removed = []
+    for entry in os.scandir(directory):
+        match = _TEMPORARY.match(entry.name)
+        if match and not _process_alive(int(match["pid"])):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_os_error(error: OSError) -> str:
+    """A short reason and remedy for the OS errors a checkpoint write meets."""
+    code = error.errno or _errno_from_text(str(error))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device: free some space, then save again"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the directory is not writable: fix its permissions or choose another directory"
+    return f"{error.strerror or error}: fix the cause, then save again"
+
+
+def _errno_from_text(text: str) -> int | None:
+    # HDF5 reports the errno of a failed write inside its message, not as errno.
+    match = re.search(r"errno = (\d+)", text)
+    return int(match[1]) if match else None

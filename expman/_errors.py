@@ -1,0 +1,162 @@
+"""Exceptions and warnings raised by expman.
+
+Every error expman raises on purpose derives from :class:`ExpmanError`, and its
+message is one line that says what is wrong and what to do (an architecture
+mismatch adds one line per difference). Where it helps callers, an error also
+subclasses the builtin a Python programmer would catch::
+
+    ExpmanError
+    ├── UnsupportedStateError (TypeError)     a state value that cannot be stored
+    ├── ArchitectureMismatchError (ValueError) checkpoint and model differ
+    └── CheckpointError
+        ├── CheckpointNotFoundError (LookupError)
+        ├── CheckpointExistsError (FileExistsError)
+        ├── CheckpointCorruptError             truncated, not HDF5, checksum mismatch
+        ├── CheckpointFormatError              HDF5 not written by expman, future version
+        ├── CheckpointWriteError (OSError)     full disk, read-only directory, ...
+        └── CheckpointSaveFailedError          an asynchronous save failed earlier
+
+    ExpmanWarning (UserWarning)
+    ├── PartialRestoreWarning                  tensors were skipped by a partial restore
+    ├── ModelConfigChangedWarning              same tensors, different model config
+    └── CheckpointIndexWarning                 damaged index, fell back to a scan
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from expman._architecture import ArchitectureDiff
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointExistsError",
+    "CheckpointFormatError",
+    "CheckpointIndexWarning",
+    "CheckpointNotFoundError",
+    "CheckpointSaveFailedError",
+    "CheckpointWriteError",
+    "ExpmanError",
+    "ExpmanWarning",
+    "ModelConfigChangedWarning",
+    "PartialRestoreWarning",
+    "UnsupportedStateError",
+]
+
+
+class ExpmanError(Exception):
+    """Base class of every error expman raises on purpose."""
+
+
+class UnsupportedStateError(ExpmanError, TypeError):
+    """A state holds a value expman does not store (objects are never pickled)."""
+
+
+class CheckpointError(ExpmanError):
+    """Base class of errors about a checkpoint file or directory."""
+
+
+class CheckpointNotFoundError(CheckpointError, LookupError):
+    """The requested checkpoint does not exist."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """A checkpoint for this step is already committed; it is never overwritten."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A checkpoint file is truncated, not HDF5, or fails its checksum."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """An HDF5 file that expman did not write, or of a newer format version."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (full disk, read-only directory, ...).
+
+    Nothing was committed and every earlier checkpoint is intact.
+    """
+
+
+class CheckpointSaveFailedError(CheckpointError):
+    """An asynchronous save failed; raised at the next call and at ``close()``."""
+
+
+class ArchitectureMismatchError(ExpmanError, ValueError):
+    """A checkpoint's recorded architecture differs from the model's.
+
+    Raised before any tensor is read, so the model is left untouched. The
+    message lists every difference; the same information is in :attr:`diff`.
+
+    Attributes:
+        diff: the differences, tensor by tensor.
+        checkpoint: the checkpoint file's path.
+        experiment: the experiment that wrote the checkpoint, when recorded.
+        code_commit: the commit that wrote the checkpoint, when recorded.
+    """
+
+    def __init__(
+        self,
+        diff: ArchitectureDiff,
+        *,
+        checkpoint: str,
+        experiment: str | None = None,
+        code_commit: str | None = None,
+    ) -> None:
+        self.diff = diff
+        self.checkpoint = checkpoint
+        self.experiment = experiment
+        self.code_commit = code_commit
+        super().__init__(self._render())
+
+    @property
+    def missing(self) -> Sequence[str]:
+        """Tensors the model has and the checkpoint lacks."""
+        return self.diff.missing
+
+    @property
+    def unexpected(self) -> Sequence[str]:
+        """Tensors the checkpoint has and the model lacks."""
+        return self.diff.unexpected
+
+    def _render(self) -> str:
+        origin = [f"experiment {self.experiment}"] if self.experiment else []
+        if self.code_commit:
+            origin.append(f"commit {self.code_commit[:12]}")
+        written_by = f" (written by {', '.join(origin)})" if origin else ""
+        count = len(self.diff.lines())
+        noun = "difference" if count == 1 else "differences"
+        lines = [
+            f"checkpoint {self.checkpoint}{written_by} does not match the model: "
+            f"{count} tensor {noun}",
+            *(f"  {line}" for line in self.diff.lines()),
+            "to proceed: restore only the matching tensors with a partial restore "
+            "(partial=True, or expman run --partial), or start a new experiment "
+            "for the changed model (expman new NAME)",
+        ]
+        return "\n".join(lines)
+
+
+class ExpmanWarning(UserWarning):
+    """Base class of expman's warnings."""
+
+
+class PartialRestoreWarning(ExpmanWarning):
+    """A partial restore skipped tensors; :attr:`report` says which."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ModelConfigChangedWarning(ExpmanWarning):
+    """The tensors match but the recorded model config differs."""
+
+
+class CheckpointIndexWarning(ExpmanWarning):
+    """The ``checkpoint`` index was missing or damaged; the directory was scanned."""

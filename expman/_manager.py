@@ -1,0 +1,437 @@
+"""CheckpointManager: save on a schedule, keep what the policy says, restore safely."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from expman._architecture import Architecture, TensorSpec, compare_architectures
+from expman._catalog import CheckpointDirectory, CheckpointInfo, checkpoint_filename
+from expman._durable import (
+    commit_file,
+    describe_os_error,
+    remove_stale_temporaries,
+    temporary_path,
+)
+from expman._errors import (
+    ArchitectureMismatchError,
+    CheckpointExistsError,
+    CheckpointIndexWarning,
+    CheckpointNotFoundError,
+    CheckpointSaveFailedError,
+    CheckpointWriteError,
+    ModelConfigChangedWarning,
+    PartialRestoreWarning,
+)
+from expman._format import CheckpointMetadata, read_tensors, write_checkpoint
+from expman._policy import CheckpointPolicy, select_kept
+from expman._state import Leaf, Slot, state_leaves, state_slots, to_leaf
+from expman._writer import BackgroundWriter
+
+__all__ = ["CheckpointManager", "RestoreReport"]
+
+logger = logging.getLogger("expman")
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore did.
+
+    Attributes:
+        step: the restored checkpoint's step.
+        path: the restored checkpoint file.
+        restored: names of the tensors restored.
+        skipped: one line per tensor left as initialised (partial restore only).
+    """
+
+    step: int
+    path: Path
+    restored: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+class CheckpointManager:
+    """Saves checkpoints on a schedule, keeps what the policy says, restores safely.
+
+    Args:
+        directory: the checkpoint directory, created if needed. None: a new
+            temporary directory (logged, and exposed as :attr:`directory`).
+        policy: when to save and what to keep; the Estimator's defaults.
+        async_save: write on a background thread. Tensors are copied on the
+            caller's thread; at most one save is in flight; a failed save is
+            raised at the next call (or at :meth:`close`).
+        experiment: recorded in every checkpoint, when known.
+        code_commit: recorded in every checkpoint, when known.
+        params: the run's parameters, recorded in every checkpoint.
+        model_config: part of the architecture; a difference with identical
+            tensors gives a :class:`ModelConfigChangedWarning` on restore.
+        compression: None (contiguous, uncompressed), ``"gzip"`` or ``"lzf"``.
+
+    Example:
+        >>> import numpy as np, expman
+        >>> state = {"w": np.zeros(3)}
+        >>> ckpts = expman.CheckpointManager()  # doctest: +SKIP
+        >>> start = ckpts.restore_latest(into=state)  # 0: nothing to restore yet
+        >>> for step in range(start, 100):
+        ...     state["w"] += 1
+        ...     ckpts.save(step + 1, state, metrics={"loss": 1 / (step + 1)})
+        >>> ckpts.close()  # saves step 100, the last one
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        policy: CheckpointPolicy | None = None,
+        async_save: bool = False,
+        experiment: str | None = None,
+        code_commit: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        model_config: Mapping[str, Any] | None = None,
+        compression: str | None = None,
+    ) -> None:
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="expman-")
+            logger.warning("Using temporary directory as checkpoint directory: %s", directory)
+        self.directory = Path(directory).absolute()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CheckpointWriteError(
+                f"cannot create checkpoint directory {self.directory}: {describe_os_error(error)}"
+            ) from error
+        self.policy = policy or CheckpointPolicy()
+        self.experiment = experiment
+        self.code_commit = code_commit
+        self.params = dict(params or {})
+        self.model_config = dict(model_config or {})
+        self.compression = compression
+        self.last_restore: RestoreReport | None = None
+        self._catalog = CheckpointDirectory(self.directory)
+        self._writer = BackgroundWriter() if async_save else None
+        self._latest_step = max(self._catalog.steps(), default=None)
+        self._started_empty = self._latest_step is None
+        self._saved_any = False
+        self._last_save_time = time.monotonic()
+        self._pending: tuple[int, Mapping[str, Any], Mapping[str, float]] | None = None
+        self._restored_step: int | None = None
+        self._closed = False
+        with contextlib.suppress(OSError):  # a read-only directory can still be restored
+            remove_stale_temporaries(self.directory)
+
+    # -- saving ---------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Mapping[str, Any],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Save ``state`` as ``step`` if the policy says so (or ``force``).
+
+        Call it after every training step: it returns at once when the policy
+        says not to save. Returns whether a checkpoint was written (scheduled,
+        with ``async_save``).
+
+        Raises:
+            UnsupportedStateError: a value cannot be stored; nothing is written.
+            CheckpointExistsError: ``step`` is not newer than the latest checkpoint.
+            CheckpointWriteError: the write failed; earlier checkpoints are intact.
+            CheckpointSaveFailedError: an earlier asynchronous save failed.
+        """
+        self._raise_background_error()
+        self._check_open()
+        metrics = dict(metrics or {})
+        self._pending = (step, state, metrics)
+        decide = force or self.policy.should_save(
+            step,
+            now=time.monotonic(),
+            last_save_time=self._last_save_time,
+            first_in_directory=self._started_empty and not self._saved_any,
+        )
+        if decide:
+            self._save_now(step, state, metrics)
+        return decide
+
+    def _save_now(self, step: int, state: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+            raise ValueError(f"step must be an integer >= 0, got {step!r}")
+        step = int(step)
+        if self._latest_step is not None and step <= self._latest_step:
+            raise CheckpointExistsError(
+                f"cannot save step {step}: {self.directory} already has a checkpoint at step "
+                f"{self._latest_step}, and checkpoints are never overwritten; restore it "
+                "first (restore_latest) or use another directory"
+            )
+        leaves = state_leaves(state)
+        if self._writer is None:
+            self._write(step, leaves, metrics)
+        else:
+            copies = [_copied(leaf) for leaf in leaves]
+            self._writer.submit(f"step {step}", lambda: self._write(step, copies, metrics))
+        # With async_save the write may still fail; it is then raised at the next call.
+        self._latest_step = step
+        self._saved_any = True
+        self._last_save_time = time.monotonic()
+
+    def _write(self, step: int, leaves: list[Leaf], metrics: Mapping[str, float]) -> None:
+        final = self.directory / checkpoint_filename(step)
+        temporary = temporary_path(final)
+        try:
+            write_checkpoint(
+                temporary,
+                leaves,
+                step=step,
+                metrics=metrics,
+                params=self.params,
+                architecture=_architecture(leaves, self.model_config),
+                experiment=self.experiment,
+                code_commit=self.code_commit,
+                compression=self.compression,
+            )
+            commit_file(temporary, final)
+        except OSError as error:
+            _remove_quietly(temporary)
+            raise CheckpointWriteError(
+                f"could not save checkpoint step {step} in {self.directory}: "
+                f"{describe_os_error(error)} (earlier checkpoints are intact)"
+            ) from error
+        except BaseException:
+            _remove_quietly(temporary)
+            raise
+        self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        valid = [info for info in self._catalog.infos() if info.valid]
+        protected = {info.step for info in valid if info.pinned}
+        if self._restored_step is not None:
+            protected.add(self._restored_step)
+        kept = select_kept(self.policy, valid, protected=protected)
+        try:
+            self._catalog.write_index(max(info.step for info in valid), kept)
+        except OSError as error:
+            # The new checkpoint is committed; without an index nothing is deleted.
+            warnings.warn(
+                f"could not update the checkpoint index in {self.directory}: "
+                f"{describe_os_error(error)}; no old checkpoint was deleted",
+                CheckpointIndexWarning,
+                stacklevel=2,
+            )
+            return
+        self._catalog.remove(info.step for info in valid if info.step not in kept)
+
+    def close(self) -> None:
+        """Save the last step if it was not saved, and wait for pending work.
+
+        The last step is the one given to the last :meth:`save` call, with the
+        state given there. Calling ``close`` twice is harmless.
+        """
+        if self._closed:
+            return
+        try:
+            self._raise_background_error()
+            if self._pending is not None:
+                step, state, metrics = self._pending
+                if self._latest_step is None or step > self._latest_step:
+                    self._save_now(step, state, metrics)
+            self._raise_background_error()
+        finally:
+            self._closed = True
+            self._pending = None
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.close()
+        else:
+            # Training failed: do not save its last state as if it had finished.
+            self._pending = None
+            self.close()
+
+    def _raise_background_error(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.wait()
+        failure = self._writer.take_error()
+        if failure is not None:
+            label, error = failure
+            raise CheckpointSaveFailedError(
+                f"the asynchronous save of {label} failed: {error}"
+            ) from error
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this CheckpointManager is closed")
+
+    # -- reading --------------------------------------------------------------
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Every checkpoint in the directory, oldest first (damaged ones with ``error``)."""
+        self._raise_background_error()
+        return self._catalog.infos()
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest checkpoint, or None if there is none."""
+        self._raise_background_error()
+        step = self._catalog.latest_step()
+        if step is None:
+            return None
+        return next(info for info in self._catalog.infos() if info.step == step)
+
+    def metadata(self, step: int | None = None) -> CheckpointMetadata:
+        """A checkpoint's metadata (the latest by default), without reading any tensor."""
+        self._raise_background_error()
+        return self._catalog.metadata(self._path_of(step))
+
+    def restore(
+        self,
+        into: MutableMapping[str, Any],
+        *,
+        step: int | None = None,
+        partial: bool = False,
+    ) -> int:
+        """Fill ``into`` from a checkpoint (the latest by default); return its step.
+
+        Arrays in ``into`` with the checkpoint's shape and dtype are filled in
+        place; other values are replaced. The architecture is checked from the
+        checkpoint's metadata before any tensor is read, so a refused restore
+        leaves ``into`` untouched. Returns 0, touching nothing, when there is no
+        checkpoint and no ``step`` was asked for.
+
+        Args:
+            into: the model's state, built by the current code.
+            step: restore this step instead of the latest.
+            partial: restore only the tensors that match, leave the others as
+                initialised, and warn (:class:`PartialRestoreWarning`) with a
+                report of what was skipped (also in :attr:`last_restore`).
+
+        Raises:
+            ArchitectureMismatchError: the tensors differ (and ``partial`` is False).
+            CheckpointNotFoundError: ``step`` has no checkpoint.
+            CheckpointCorruptError: the file is damaged; the model may be partly
+                filled and should be rebuilt.
+            CheckpointFormatError: the file is not an expman checkpoint, or too new.
+
+        Example:
+            >>> start = ckpts.restore(into=state)  # doctest: +SKIP
+        """
+        self._raise_background_error()
+        path = self._find(step)
+        if path is None:
+            self.last_restore = None
+            return 0
+        meta = self._catalog.metadata(path)
+        slots = state_slots(into)
+        model = _architecture([to_leaf(n, s.value) for n, s in slots.items()], self.model_config)
+        diff = compare_architectures(meta.architecture, model)
+        if not diff.tensors_match and not partial:
+            raise ArchitectureMismatchError(
+                diff,
+                checkpoint=str(meta.path),
+                experiment=meta.experiment,
+                code_commit=meta.code_commit,
+            )
+        if diff.config_changes and diff.tensors_match:
+            warnings.warn(
+                f"checkpoint {meta.path} was saved with another model config, with the "
+                "same tensors: " + "; ".join(diff.config_lines()),
+                ModelConfigChangedWarning,
+                stacklevel=2,
+            )
+        values = read_tensors(meta, diff.matching, {n: slots[n].value for n in diff.matching})
+        for name, value in values.items():
+            _assign(slots[name], value)
+        report = RestoreReport(meta.step, meta.path, diff.matching, tuple(diff.lines()))
+        self.last_restore = report
+        self._restored_step = meta.step
+        if report.skipped:
+            warnings.warn(
+                PartialRestoreWarning(
+                    f"partial restore from {meta.path}: {len(report.restored)} tensors "
+                    f"restored, {len(report.skipped)} skipped: " + "; ".join(report.skipped),
+                    report,
+                ),
+                stacklevel=2,
+            )
+        return meta.step
+
+    def restore_latest(self, into: MutableMapping[str, Any], *, partial: bool = False) -> int:
+        """Fill ``into`` from the latest checkpoint; return its step (0 if none)."""
+        return self.restore(into, partial=partial)
+
+    def load(self, step: int | None = None) -> dict[str, Any]:
+        """Read a whole checkpoint (the latest by default) as ``{name: value}``."""
+        self._raise_background_error()
+        meta = self._catalog.metadata(self._path_of(step))
+        names = [record.name for record in meta.tensors]
+        return read_tensors(meta, names, {})
+
+    def _path_of(self, step: int | None) -> Path:
+        path = self._find(step)
+        if path is None:
+            raise CheckpointNotFoundError(f"{self.directory} has no checkpoint yet")
+        return path
+
+    def _find(self, step: int | None) -> Path | None:
+        """The file of ``step`` (the latest if None), None if there is no checkpoint."""
+        steps = self._catalog.steps()
+        if step is None:
+            latest = self._catalog.latest_step()
+            return None if latest is None else steps[latest]
+        if step not in steps:
+            available = ", ".join(str(s) for s in steps) or "none"
+            raise CheckpointNotFoundError(
+                f"{self.directory} has no checkpoint at step {step} (available: {available})"
+            )
+        return steps[step]
+
+    # -- pins -----------------------------------------------------------------
+
+    def pin(self, step: int) -> None:
+        """Keep checkpoint ``step`` whatever the retention policy says."""
+        self._path_of(step)
+        self._catalog.pin(step)
+
+    def unpin(self, step: int) -> None:
+        """Let retention remove checkpoint ``step`` again."""
+        self._catalog.unpin(step)
+
+
+def _architecture(leaves: list[Leaf], config: Mapping[str, Any]) -> Architecture:
+    return Architecture.of((TensorSpec(l.name, l.shape, l.dtype) for l in leaves), config)
+
+
+def _copied(leaf: Leaf) -> Leaf:
+    if isinstance(leaf.value, str):
+        return leaf
+    return Leaf(leaf.name, leaf.kind, np.array(leaf.value, copy=True, order="C"))
+
+
+def _assign(slot: Slot, value: Any) -> None:
+    if value is not slot.value:
+        slot.container[slot.key] = value
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

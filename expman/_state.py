@@ -1,0 +1,137 @@
+"""States: (nested) mappings of names to arrays, flattened to ``a/b/c`` names.
+
+A state is what a training script saves and restores: numpy arrays of any
+numeric or bool dtype, numpy scalars, and plain ``bool``, ``int``, ``float`` and
+``str`` values, in mappings that may nest. Nested keys join with ``/`` into
+tensor names (``{"dnn": {"logits": {"bias": b}}}`` is ``dnn/logits/bias``).
+Anything else is refused: expman never pickles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from expman._errors import UnsupportedStateError
+
+__all__ = ["Leaf", "LeafKind", "Slot", "state_leaves", "state_slots", "to_leaf"]
+
+LeafKind = Literal["array", "numpy", "bool", "int", "float", "str"]
+
+_NUMERIC_KINDS = frozenset("biufc")
+_INT64 = np.iinfo(np.int64)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One value of a flattened state, ready to be written.
+
+    Attributes:
+        name: the full tensor name, e.g. ``dnn/logits/bias``.
+        kind: how the value is given back: a numpy array, a numpy scalar, or a
+            plain Python ``bool``/``int``/``float``/``str``.
+        value: a native-byte-order array, or the string for ``kind == "str"``.
+    """
+
+    name: str
+    kind: LeafKind
+    value: np.ndarray[Any, Any] | str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return () if isinstance(self.value, str) else tuple(self.value.shape)
+
+    @property
+    def dtype(self) -> str:
+        return "str" if isinstance(self.value, str) else self.value.dtype.name
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a flattened name lives in a nested state: ``container[key]``."""
+
+    container: MutableMapping[str, Any]
+    key: str
+
+    @property
+    def value(self) -> Any:
+        return self.container[self.key]
+
+
+def iter_slots(state: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Slot]]:
+    """Yield ``(name, slot)`` for every leaf of a nested state, in insertion order."""
+    if not isinstance(state, Mapping):
+        raise UnsupportedStateError(
+            f"a state must be a mapping of names to arrays, got {type(state).__name__}"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str) or key == "" or "\x00" in key:
+            where = f" under {prefix!r}" if prefix else ""
+            raise UnsupportedStateError(
+                f"state key {key!r}{where} is not a non-empty string without NUL "
+                "characters; use string names such as 'dnn/logits/bias'"
+            )
+        name = f"{prefix}/{key}" if prefix else key
+        if isinstance(value, Mapping):
+            yield from iter_slots(value, name)
+        else:
+            yield name, Slot(state, key)  # type: ignore[arg-type]
+
+
+def state_slots(state: Mapping[str, Any]) -> dict[str, Slot]:
+    """Every leaf of a nested state by name, refusing names that collide."""
+    slots: dict[str, Slot] = {}
+    for name, slot in iter_slots(state):
+        if name in slots:
+            raise UnsupportedStateError(
+                f"state name {name!r} appears twice (a key containing '/' collides "
+                "with a nested mapping); rename one of them"
+            )
+        slots[name] = slot
+    return slots
+
+
+def state_leaves(state: Mapping[str, Any]) -> list[Leaf]:
+    """Check every value of a state and flatten it to leaves, in insertion order."""
+    return [to_leaf(name, slot.value) for name, slot in state_slots(state).items()]
+
+
+def to_leaf(name: str, value: Any) -> Leaf:
+    """Check that ``value`` can be stored and convert it to a :class:`Leaf`."""
+    if isinstance(value, np.ndarray):
+        return Leaf(name, "array", _native(name, value))
+    if isinstance(value, np.generic):
+        return Leaf(name, "numpy", _native(name, np.asarray(value)))
+    if isinstance(value, bool):
+        return Leaf(name, "bool", np.asarray(value, dtype=np.bool_))
+    if isinstance(value, int):
+        if not _INT64.min <= value <= _INT64.max:
+            raise UnsupportedStateError(
+                f"state value {name!r} is an int outside the int64 range; "
+                "store it as a string or split it"
+            )
+        return Leaf(name, "int", np.asarray(value, dtype=np.int64))
+    if isinstance(value, float):
+        return Leaf(name, "float", np.asarray(value, dtype=np.float64))
+    if isinstance(value, str):
+        return Leaf(name, "str", value)
+    raise UnsupportedStateError(
+        f"state value {name!r} is a {type(value).__module__}.{type(value).__qualname__}; "
+        "expman stores numeric and bool numpy arrays, numpy scalars, and plain "
+        "bool/int/float/str values (nothing is pickled): convert it to one of those"
+    )
+
+
+def _native(name: str, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    dtype = array.dtype
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
+        raise UnsupportedStateError(
+            f"state value {name!r} has dtype {dtype}; expman stores only numeric and "
+            "bool arrays (nothing is pickled): convert it to a numeric dtype"
+        )
+    if not dtype.isnative:
+        return array.astype(dtype.newbyteorder("="))
+    return array
