@@ -57,8 +57,11 @@ class Architecture:
 
     @property
     def digest(self) -> str:
-        """``sha256:<hex>`` of the tensor names, shapes and dtypes (not the config)."""
-        canonical = json.dumps(self.to_json()["tensors"], separators=(",", ":"))
+        """``sha256:<hex>`` of the tensor list as compact JSON with sorted keys.
+
+        It covers every tensor's name, shape and dtype, not the model config.
+        """
+        canonical = json.dumps(self.to_json()["tensors"], separators=(",", ":"), sort_keys=True)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     def by_name(self) -> dict[str, TensorSpec]:
