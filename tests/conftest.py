@@ -31,7 +31,10 @@ def estimator_state(hidden_units: tuple[int, ...] = (10, 10), seed: int = 0) -> 
 
 
 def zeros_like_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: np.zeros_like(v) if isinstance(v, np.ndarray | np.generic) else v for k, v in state.items()}
+    return {
+        k: np.zeros_like(v) if isinstance(v, np.ndarray | np.generic) else v
+        for k, v in state.items()
+    }
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from expman import (
     Architecture,
     ArchitectureMismatchError,
@@ -120,10 +118,3 @@ def test_mismatch_error_without_origin() -> None:
     one = compare_architectures(arch(("a", (1,), "float32")), arch(("a", (2,), "float32")))
     first = str(ArchitectureMismatchError(one, checkpoint="c.h5")).splitlines()[0]
     assert first == "checkpoint c.h5 does not match the model: 1 tensor difference"
-
-
-@pytest.mark.parametrize("value", [0.5, 1.0, 7.0])
-def test_tensor_values_never_appear_in_messages(value: float) -> None:
-    # Messages are built from specs only: there are no values to print.
-    diff = compare_architectures(arch(("w", (1,), "float32")), arch(("w", (2,), "float32")))
-    assert str(value) not in "\n".join(diff.lines())

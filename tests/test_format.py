@@ -165,7 +165,7 @@ def test_read_metadata_reads_no_tensor(ckpt_dir: Path) -> None:
     meta = read_metadata(path)
     assert meta.step == 200
     assert meta.experiment == "base"
-    assert [t.name for t in meta.architecture.tensors][0] == "dnn/hiddenlayer_0/bias"
+    assert meta.architecture.tensors[0].name == "dnn/hiddenlayer_0/bias"
     assert meta.versions["expman"] and meta.versions["hdf5"]
 
 

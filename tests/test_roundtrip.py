@@ -170,8 +170,7 @@ def test_names_that_would_collide_after_escaping_stay_distinct(ckpt_dir: Path) -
         ),
         (
             2**70,
-            "state value 'bad' is an int outside the int64 range; store it as a string "
-            "or split it",
+            "state value 'bad' is an int outside the int64 range; store it as a string or split it",
         ),
     ],
 )
