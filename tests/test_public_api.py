@@ -1,0 +1,80 @@
+"""The public surface is explicit and pinned: changing it is a decision."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import expman
+
+PACKAGE = Path(expman.__file__).parent
+
+
+def test_all_is_sorted_and_pinned() -> None:
+    assert expman.__all__ == sorted(expman.__all__)
+    assert expman.__all__ == [
+        "Architecture",
+        "ArchitectureDiff",
+        "ArchitectureMismatchError",
+        "CheckpointCorruptError",
+        "CheckpointError",
+        "CheckpointExistsError",
+        "CheckpointFormatError",
+        "CheckpointIndexWarning",
+        "CheckpointInfo",
+        "CheckpointManager",
+        "CheckpointMetadata",
+        "CheckpointNotFoundError",
+        "CheckpointPolicy",
+        "CheckpointSaveFailedError",
+        "CheckpointWriteError",
+        "DtypeChange",
+        "ExpmanError",
+        "ExpmanWarning",
+        "ModelConfigChangedWarning",
+        "PartialRestoreWarning",
+        "RestoreReport",
+        "ShapeChange",
+        "TensorRecord",
+        "TensorSpec",
+        "UnsupportedStateError",
+        "__version__",
+        "compare_architectures",
+        "read_metadata",
+    ]
+    for name in expman.__all__:
+        assert hasattr(expman, name), name
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_format_module_imports_h5py() -> None:
+    users = sorted(p.name for p in PACKAGE.rglob("*.py") if "h5py" in imports_of(p))
+    assert users == ["_format.py"]
+
+
+def test_the_architecture_comparison_is_pure() -> None:
+    assert imports_of(PACKAGE / "_architecture.py") <= {
+        "__future__",
+        "collections",
+        "dataclasses",
+        "hashlib",
+        "json",
+        "typing",
+    }
+
+
+def test_nothing_unpickles() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "pickle" not in imports_of(path), path
+        assert "allow_pickle=True" not in text, path
