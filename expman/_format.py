@@ -7,10 +7,10 @@ specifies the layout; ``tests/test_format.py`` checks written files against it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 CHECKSUM_ALGORITHM = "xxh3-64"
 _COMPRESSIONS = ("gzip", "lzf")
+_READ_CHUNK = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,13 @@ def write_checkpoint(
     if compression is not None and compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS} or None")
     wall_time = time.time()
-    records = []
-    with h5py.File(path, "w") as f:
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
+        h5py.File(path, "w") as f,
+    ):
+        # Checksums are computed on a second thread while this one writes the
+        # data (both release the GIL), then stored as attributes.
+        checksums = [hasher.submit(checksum, leaf.value) for leaf in leaves]
         root = f.attrs
         root["format"] = FORMAT_NAME
         root["format_version"] = FORMAT_VERSION
@@ -148,8 +154,11 @@ def write_checkpoint(
             root["code_commit"] = code_commit
         for library, version in _library_versions().items():
             root[f"{library}_version"] = version
-        for leaf in leaves:
-            records.append(_write_leaf(f, leaf, compression))
+        datasets = [_write_leaf(f, leaf, compression) for leaf in leaves]
+        records = [
+            _record(dataset, leaf, digest.result())
+            for dataset, leaf, digest in zip(datasets, leaves, checksums, strict=True)
+        ]
         meta = f.create_group("meta")
         meta["architecture"] = _json(architecture.to_json())
         meta["metrics"] = _json(dict(metrics))
@@ -162,21 +171,22 @@ def write_checkpoint(
         )
 
 
-def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> TensorRecord:
+def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> h5py.Dataset:
     phase("write")
     path = tensor_path(leaf.name)
     value = leaf.value
     if isinstance(value, str):
-        dataset = f.create_dataset(path, data=value, dtype=h5py.string_dtype("utf-8"))
-    elif compression and value.ndim and value.size:
-        dataset = f.create_dataset(path, data=value, compression=compression, chunks=True)
-    else:
-        dataset = f.create_dataset(path, data=value)
-    record = TensorRecord(leaf.name, path, leaf.kind, checksum(value))
+        return f.create_dataset(path, data=value, dtype=h5py.string_dtype("utf-8"))
+    if compression and value.ndim and value.size:
+        return f.create_dataset(path, data=value, compression=compression, chunks=True)
+    return f.create_dataset(path, data=value)
+
+
+def _record(dataset: h5py.Dataset, leaf: Leaf, digest: str) -> TensorRecord:
     dataset.attrs["name"] = leaf.name
     dataset.attrs["kind"] = leaf.kind
-    dataset.attrs["checksum"] = record.checksum
-    return record
+    dataset.attrs["checksum"] = digest
+    return TensorRecord(leaf.name, dataset.name.lstrip("/"), leaf.kind, digest)
 
 
 def _json(value: Any) -> str:
@@ -298,31 +308,52 @@ def read_tensors(
     records = {record.name: record for record in metadata.tensors}
     specs = metadata.architecture.by_name()
     path = metadata.path
-    result: dict[str, Any] = {}
-    with _open(path) as f:
+    read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]] = []
+    with (
+        _open(path) as f,
+        open(path, "rb", buffering=0) as raw,
+        ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
+    ):
         for name in names:
             record = records[name]
             try:
-                value = _read_record(f, record, specs[name], destinations.get(name))
-                found = checksum(value)
-                if found != record.checksum:
-                    raise CheckpointCorruptError(
-                        f"{path} is corrupt: tensor {name!r} fails its checksum (recorded "
-                        f"{record.checksum}, found {found}): restore another step, or "
-                        "move the file away"
-                    )
-                result[name] = _as_kind(value, record.kind)
+                value, digest = _read_record(
+                    f, raw.fileno(), hasher, record, specs[name], destinations.get(name)
+                )
             except (KeyError, TypeError, ValueError, OSError) as error:
                 raise CheckpointCorruptError(
                     f"{path} cannot be read at tensor {name!r} ({_first_line(error)}): "
+                    "restore another step, or move the file away"
+                ) from error
+            read.append((record, value, digest))
+        result: dict[str, Any] = {}
+        for record, value, digest in read:
+            found = digest.result()
+            if found != record.checksum:
+                raise CheckpointCorruptError(
+                    f"{path} is corrupt: tensor {record.name!r} fails its checksum (recorded "
+                    f"{record.checksum}, found {found}): restore another step, or move the "
+                    "file away"
+                )
+            try:
+                result[record.name] = _as_kind(value, record.kind)
+            except TypeError as error:
+                raise CheckpointCorruptError(
+                    f"{path} cannot be read at tensor {record.name!r} ({error}): "
                     "restore another step, or move the file away"
                 ) from error
     return result
 
 
 def _read_record(
-    f: h5py.File, record: TensorRecord, spec: TensorSpec, destination: Any
-) -> np.ndarray[Any, Any] | str:
+    f: h5py.File,
+    fd: int,
+    hasher: ThreadPoolExecutor,
+    record: TensorRecord,
+    spec: TensorSpec,
+    destination: Any,
+) -> tuple[np.ndarray[Any, Any] | str, Future[str]]:
+    """Read one tensor; its checksum is computed on ``hasher`` meanwhile."""
     if record.path != tensor_path(record.name):
         raise ValueError(f"unexpected storage path {record.path!r}")
     dataset = f.get(record.path)
@@ -333,7 +364,8 @@ def _read_record(
     if record.kind == "str":
         if dataset.dtype.kind != "O" or dataset.shape != () or spec.dtype != "str":
             raise TypeError("not a string")
-        return str(dataset.asstr()[()])
+        text = str(dataset.asstr()[()])
+        return text, hasher.submit(checksum, text)
     if dataset.shape != spec.shape or dataset.dtype.name != spec.dtype:
         raise ValueError(
             f"stored as {list(dataset.shape)} {dataset.dtype.name}, recorded as "
@@ -341,21 +373,47 @@ def _read_record(
         )
     if dataset.dtype.kind not in "biufc" or dataset.dtype.fields is not None:
         raise TypeError(f"dtype {dataset.dtype} is not numeric")
-    return _read_array(dataset, destination)
+    return _read_array(dataset, fd, hasher, destination)
 
 
-def _read_array(dataset: h5py.Dataset, destination: Any) -> np.ndarray[Any, Any]:
+def _read_array(
+    dataset: h5py.Dataset, fd: int, hasher: ThreadPoolExecutor, destination: Any
+) -> tuple[np.ndarray[Any, Any], Future[str]]:
+    """Read into ``destination`` when it fits, hashing each chunk as the next is read.
+
+    A contiguous, native-order dataset is read straight from its file offset
+    into the array, 16 MiB at a time; anything else goes through HDF5.
+    """
+    dtype = np.dtype(dataset.dtype)
     fits = (
         isinstance(destination, np.ndarray)
         and destination.shape == dataset.shape
-        and destination.dtype == dataset.dtype
+        and destination.dtype == dtype
         and destination.flags.c_contiguous
         and destination.flags.writeable
     )
-    target = destination if fits else np.empty(dataset.shape, dataset.dtype)
-    if math.prod(dataset.shape):
+    target = destination if fits else np.empty(dataset.shape, dtype)
+    data = target.reshape(-1).view(np.uint8)
+    state = xxhash.xxh3_64()
+    offset = dataset.id.get_offset() if dataset.chunks is None and dtype.isnative else None
+    if data.size and offset is not None:
+        for start in range(0, data.size, _READ_CHUNK):
+            chunk = data[start : start + _READ_CHUNK]
+            _read_exactly(fd, chunk, offset + start)
+            hasher.submit(state.update, chunk)
+    elif data.size:
         dataset.read_direct(target)
-    return target
+        hasher.submit(state.update, data)
+    return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
+
+
+def _read_exactly(fd: int, buffer: np.ndarray[Any, Any], offset: int) -> None:
+    view = memoryview(buffer)
+    while view.nbytes:
+        count = os.preadv(fd, [view], offset)
+        if count == 0:
+            raise OSError("the file ends inside a tensor")
+        view, offset = view[count:], offset + count
 
 
 def _as_kind(value: np.ndarray[Any, Any] | str, kind: str) -> Any:

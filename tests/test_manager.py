@@ -398,13 +398,36 @@ def test_async_failure_is_raised_at_the_next_call(
     state = {"w": np.zeros(3)}
     assert manager.save(1, state)
     with pytest.raises(CheckpointSaveFailedError) as caught:
-        manager.save(2, state)
+        manager.save(2, state, force=True)  # a save that writes waits for the one in flight
     assert str(caught.value) == (
         f"the asynchronous save of step 1 failed: could not save checkpoint step 1 in "
         f"{ckpt_dir}: no space left on the device: free some space, then save again "
         "(earlier checkpoints are intact)"
     )
-    assert manager.save(2, state, force=True)
-    with pytest.raises(CheckpointSaveFailedError, match=r"^the asynchronous save of step 2"):
+    assert manager.save(3, state, force=True)
+    with pytest.raises(CheckpointSaveFailedError, match=r"^the asynchronous save of step 3"):
         manager.close()
     assert files(ckpt_dir) == []
+
+
+def test_async_save_does_not_wait_for_the_write_in_flight_unless_it_writes(
+    ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    release = threading.Event()
+    real_write = expman._manager.write_checkpoint
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:
+        release.wait(timeout=10)
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(expman._manager, "write_checkpoint", slow_write)
+    manager = CheckpointManager(ckpt_dir, async_save=True)
+    state = {"w": np.zeros(3)}
+    assert manager.save(1, state)  # in flight until released
+    assert not manager.save(2, state)  # returns at once: the policy does not save step 2
+    assert files(ckpt_dir) == []
+    release.set()
+    manager.close()
+    assert [c.step for c in manager.checkpoints()] == [1, 2]

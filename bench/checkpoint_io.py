@@ -1,0 +1,229 @@
+"""Checkpoint save and restore throughput against raw I/O and np.savez, in one run.
+
+    python -m bench.checkpoint_io [--size-mib 512] [--repeats 5] [--dir PATH]
+
+Every repetition measures each contender in turn on the same disk and state,
+so that the machine's noise hits them alike; the report gives medians.
+
+- raw write: the state's bytes written to one file, then fsync
+- expman save: CheckpointManager.save (checksums, HDF5, fsync, rename,
+  directory fsync, index)
+- np.savez: the same arrays, then fsync
+- expman async save: how long save() blocks the caller with async_save=True
+- raw read: the raw file read into preallocated arrays
+- expman restore: restore_latest into preallocated arrays (checksums verified)
+- np.load: the .npz read back
+Reads are measured twice: from the page cache (warm, just written) and after
+evicting the files with posix_fadvise(DONTNEED) (cold, as after a restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import expman
+from bench._timing import median, table, timed
+from expman import CheckpointManager, CheckpointPolicy
+
+POLICY = CheckpointPolicy(keep_max=None)
+
+
+def make_state(size_mib: int) -> dict[str, np.ndarray[Any, Any]]:
+    """A model-like state: four large kernels and many small biases."""
+    rng = np.random.default_rng(0)
+    total = size_mib * 2**20 // 4  # float32 elements
+    state: dict[str, np.ndarray[Any, Any]] = {}
+    for layer, share in enumerate((0.4, 0.3, 0.2, 0.1)):
+        state[f"dnn/hiddenlayer_{layer}/kernel"] = rng.standard_normal(
+            int(total * share) - 64 * 1024, dtype=np.float32
+        )
+    for i in range(64):
+        state[f"dnn/block_{i}/bias"] = rng.standard_normal(4096, dtype=np.float32)
+    return state
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def raw_write(path: Path, state: dict[str, np.ndarray[Any, Any]]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for array in state.values():
+        os.write(fd, memoryview(array).cast("B"))
+    os.fsync(fd)
+    os.close(fd)
+
+
+def drop_cache(*paths: Path) -> None:
+    """Evict files from the page cache, as after a restart (no root needed)."""
+    for path in paths:
+        for file in [path] if path.is_file() else sorted(path.iterdir()):
+            fd = os.open(file, os.O_RDONLY)
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def raw_read(path: Path, into: dict[str, np.ndarray[Any, Any]]) -> None:
+    with open(path, "rb", buffering=0) as handle:
+        for array in into.values():
+            handle.readinto(memoryview(array).cast("B"))
+
+
+def savez(path: Path, state: dict[str, np.ndarray[Any, Any]]) -> None:
+    np.savez(path, **{name.replace("/", "."): a for name, a in state.items()})
+    fsync_path(path)
+
+
+def load_npz(path: Path) -> None:
+    with np.load(path, allow_pickle=False) as archive:
+        for name in archive.files:
+            archive[name]
+
+
+def run(size_mib: int, repeats: int, directory: Path) -> dict[str, list[float]]:
+    state = make_state(size_mib)
+    blank = {name: np.empty_like(a) for name, a in state.items()}
+    samples: dict[str, list[float]] = {}
+    for repeat in range(repeats):
+        work = directory / f"r{repeat}"
+        work.mkdir()
+        for name, seconds in one_repeat(work, state, blank, reverse=repeat % 2 == 1):
+            samples.setdefault(name, []).append(seconds)
+        shutil.rmtree(work)
+    return samples
+
+
+def settled(work: Callable[[], object]) -> float:
+    """Time ``work`` after the disk has written back everything pending."""
+    os.sync()
+    return timed(work)
+
+
+def one_repeat(
+    work: Path,
+    state: dict[str, np.ndarray[Any, Any]],
+    blank: dict[str, np.ndarray[Any, Any]],
+    reverse: bool,
+) -> list[tuple[str, float]]:
+    """One timing of every operation; ``reverse`` flips the order within each group."""
+    raw_path, npz_path = work / "raw.bin", work / "state.npz"
+    sync = CheckpointManager(work / "sync", policy=POLICY)
+    background = CheckpointManager(work / "async", policy=POLICY, async_save=True)
+    results: list[tuple[str, float]] = []
+
+    def group(suffix: str, contenders: list[tuple[str, Callable[[], object]]]) -> None:
+        for name, work_ in reversed(contenders) if reverse else contenders:
+            if suffix == ", cold cache":
+                drop_cache(raw_path, npz_path, work / "sync")
+            results.append((name + suffix, settled(work_)))
+
+    group(
+        "",
+        [
+            ("raw write + fsync", lambda: raw_write(raw_path, state)),
+            ("expman save", lambda: sync.save(1, state, force=True)),
+            ("np.savez + fsync", lambda: savez(npz_path, state)),
+        ],
+    )
+    background.save(1, state, force=True)  # the first save allocates staging buffers
+    background.wait()
+    results.append(
+        ("expman async save, blocking part", settled(lambda: background.save(2, state, force=True)))
+    )
+    background.close()
+    for suffix in (", warm cache", ", cold cache"):
+        group(
+            suffix,
+            [
+                ("raw read", lambda: raw_read(raw_path, blank)),
+                ("expman restore", lambda: sync.restore_latest(into=blank)),
+                ("np.load", lambda: load_npz(npz_path)),
+            ],
+        )
+    return results
+
+
+RATIOS = [
+    ("save vs raw write (target >= 0.90)", "raw write + fsync", "expman save"),
+    ("save vs np.savez (target > 1)", "np.savez + fsync", "expman save"),
+    *(
+        pair
+        for cache in ("warm", "cold")
+        for pair in (
+            (
+                f"restore vs raw read, {cache} (target >= 0.90)",
+                f"raw read, {cache} cache",
+                f"expman restore, {cache} cache",
+            ),
+            (
+                f"restore vs np.load, {cache} (target > 1)",
+                f"np.load, {cache} cache",
+                f"expman restore, {cache} cache",
+            ),
+        )
+    ),
+    (
+        "async save blocks for, share of a sync save (target <= 0.10)",
+        "expman async save, blocking part",
+        "expman save",
+    ),
+]
+
+
+def report(samples: dict[str, list[float]], size_mib: int, repeats: int) -> str:
+    """Medians per operation, and ratios paired within each repetition."""
+    gb = size_mib * 2**20 / 1e9
+    rows = [
+        [name, f"{median(values) * 1000:.0f} ms", f"{gb / median(values):.2f} GB/s"]
+        for name, values in samples.items()
+    ]
+    ratio_rows = []
+    for label, baseline, ours in RATIOS:
+        paired = sorted(b / o for b, o in zip(samples[baseline], samples[ours], strict=True))
+        ratio_rows.append([label, f"{median(paired):.2f}", f"{paired[0]:.2f} to {paired[-1]:.2f}"])
+    head = (
+        f"{size_mib} MiB state (4 kernels, 64 biases, float32), {repeats} repetitions; "
+        f"expman {expman.__version__}, numpy {np.__version__}, {platform.machine()}, "
+        f"{os.cpu_count()} cores. Ratios are baseline time / expman time (higher is "
+        "better for expman; the async row is expman's blocking time / a sync save), "
+        "computed within each repetition."
+    )
+    return "\n\n".join(
+        [
+            head,
+            table(["operation", "median", "throughput"], rows),
+            table(["ratio", "median", "range"], ratio_rows),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to write (default: a temp dir)"
+    )
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="expman-bench-", dir=args.dir))
+    try:
+        samples = run(args.size_mib, args.repeats, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    print(report(samples, args.size_mib, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
