@@ -12,15 +12,15 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check expman tests bench
-	$(BIN)/ruff format --check expman tests bench
+	$(BIN)/ruff check expman tests bench demo
+	$(BIN)/ruff format --check expman tests bench demo
 	$(BIN)/mypy expman
 
 test: lint
 	$(BIN)/pytest
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m bench.demo_checkpoints
+	$(BIN)/python -m demo.checkpoints
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkpoint_io

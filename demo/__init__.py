@@ -1,0 +1,1 @@
+"""Runnable demonstrations, played by `make demo`."""
