@@ -393,22 +393,21 @@ def _read_array(
         and destination.flags.writeable
     )
     target = destination if fits else np.empty(dataset.shape, dtype)
-    data = target.reshape(-1).view(np.uint8)
+    data = target.reshape(-1).view(np.uint8).data
     state = xxhash.xxh3_64()
     offset = dataset.id.get_offset() if dataset.chunks is None and dtype.isnative else None
-    if data.size and offset is not None:
-        for start in range(0, data.size, _READ_CHUNK):
+    if data.nbytes and offset is not None:
+        for start in range(0, data.nbytes, _READ_CHUNK):
             chunk = data[start : start + _READ_CHUNK]
             _read_exactly(fd, chunk, offset + start)
             hasher.submit(state.update, chunk)
-    elif data.size:
+    elif data.nbytes:
         dataset.read_direct(target)
         hasher.submit(state.update, data)
     return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
 
 
-def _read_exactly(fd: int, buffer: np.ndarray[Any, Any], offset: int) -> None:
-    view = memoryview(buffer)
+def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
     while view.nbytes:
         count = os.preadv(fd, [view], offset)
         if count == 0:
