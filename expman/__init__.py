@@ -1,69 +1,118 @@
 """expman: experiments as git branches, checkpoints that restore only into the right model.
 
+Submodules load on first use (PEP 562), so that ``import expman`` and the
+command line stay fast: numpy and h5py are imported only when a checkpoint is.
+
 Example:
     >>> import expman
-    >>> ckpts = expman.CheckpointManager("model_dir")  # doctest: +SKIP
+    >>> params = expman.params()  # doctest: +SKIP
+    >>> ckpts = expman.CheckpointManager()  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from expman._architecture import (
-    Architecture,
-    ArchitectureDiff,
-    DtypeChange,
-    ShapeChange,
-    TensorSpec,
-    compare_architectures,
-)
-from expman._catalog import CheckpointInfo
-from expman._errors import (
-    ArchitectureMismatchError,
-    CheckpointCorruptError,
-    CheckpointError,
-    CheckpointExistsError,
-    CheckpointFormatError,
-    CheckpointIndexWarning,
-    CheckpointNotFoundError,
-    CheckpointSaveFailedError,
-    CheckpointWriteError,
-    ExpmanError,
-    ExpmanWarning,
-    ModelConfigChangedWarning,
-    PartialRestoreWarning,
-    UnsupportedStateError,
-)
-from expman._format import CheckpointMetadata, TensorRecord, read_metadata
-from expman._manager import CheckpointManager, RestoreReport
-from expman._policy import CheckpointPolicy
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from expman._version import __version__
 
-__all__ = [
-    "Architecture",
-    "ArchitectureDiff",
-    "ArchitectureMismatchError",
-    "CheckpointCorruptError",
-    "CheckpointError",
-    "CheckpointExistsError",
-    "CheckpointFormatError",
-    "CheckpointIndexWarning",
-    "CheckpointInfo",
-    "CheckpointManager",
-    "CheckpointMetadata",
-    "CheckpointNotFoundError",
-    "CheckpointPolicy",
-    "CheckpointSaveFailedError",
-    "CheckpointWriteError",
-    "DtypeChange",
-    "ExpmanError",
-    "ExpmanWarning",
-    "ModelConfigChangedWarning",
-    "PartialRestoreWarning",
-    "RestoreReport",
-    "ShapeChange",
-    "TensorRecord",
-    "TensorSpec",
-    "UnsupportedStateError",
-    "__version__",
-    "compare_architectures",
-    "read_metadata",
-]
+if TYPE_CHECKING:
+    from expman._architecture import (
+        Architecture,
+        ArchitectureDiff,
+        DtypeChange,
+        ShapeChange,
+        TensorSpec,
+        compare_architectures,
+    )
+    from expman._catalog import CheckpointInfo
+    from expman._errors import (
+        ArchitectureMismatchError,
+        CheckpointCorruptError,
+        CheckpointError,
+        CheckpointExistsError,
+        CheckpointFormatError,
+        CheckpointIndexWarning,
+        CheckpointNotFoundError,
+        CheckpointSaveFailedError,
+        CheckpointWriteError,
+        CommandNotFoundError,
+        ConfigError,
+        ExperimentExistsError,
+        ExperimentLockedError,
+        ExperimentNotFoundError,
+        ExpmanError,
+        ExpmanWarning,
+        InvalidAssignmentError,
+        InvalidNameError,
+        ModelConfigChangedWarning,
+        PartialRestoreWarning,
+        RepositoryError,
+        UnsupportedStateError,
+        UsageError,
+    )
+    from expman._format import CheckpointMetadata, TensorRecord, read_metadata
+    from expman._manager import CheckpointManager, RestoreReport
+    from expman._policy import CheckpointPolicy
+    from expman._runner import RunOptions, RunResult, run_experiment
+    from expman._runtime import current_run, log_metrics, params
+    from expman._workspace import Workspace
+
+_LOCATIONS = {
+    "_architecture": [
+        "Architecture",
+        "ArchitectureDiff",
+        "DtypeChange",
+        "ShapeChange",
+        "TensorSpec",
+        "compare_architectures",
+    ],
+    "_catalog": ["CheckpointInfo"],
+    "_errors": [
+        "ArchitectureMismatchError",
+        "CheckpointCorruptError",
+        "CheckpointError",
+        "CheckpointExistsError",
+        "CheckpointFormatError",
+        "CheckpointIndexWarning",
+        "CheckpointNotFoundError",
+        "CheckpointSaveFailedError",
+        "CheckpointWriteError",
+        "CommandNotFoundError",
+        "ConfigError",
+        "ExperimentExistsError",
+        "ExperimentLockedError",
+        "ExperimentNotFoundError",
+        "ExpmanError",
+        "ExpmanWarning",
+        "InvalidAssignmentError",
+        "InvalidNameError",
+        "ModelConfigChangedWarning",
+        "PartialRestoreWarning",
+        "RepositoryError",
+        "UnsupportedStateError",
+        "UsageError",
+    ],
+    "_format": ["CheckpointMetadata", "TensorRecord", "read_metadata"],
+    "_manager": ["CheckpointManager", "RestoreReport"],
+    "_policy": ["CheckpointPolicy"],
+    "_runner": ["RunOptions", "RunResult", "run_experiment"],
+    "_runtime": ["current_run", "log_metrics", "params"],
+    "_workspace": ["Workspace"],
+}
+_MODULE_OF = {name: module for module, names in _LOCATIONS.items() for name in names}
+
+__all__ = sorted([*_MODULE_OF, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'expman' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"expman.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

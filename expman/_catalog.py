@@ -15,10 +15,13 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expman._durable import fsync_directory, phase, write_text_atomically
 from expman._errors import CheckpointError, CheckpointIndexWarning
-from expman._format import CheckpointMetadata, read_metadata
+
+if TYPE_CHECKING:
+    from expman._format import CheckpointMetadata
 
 __all__ = ["INDEX_NAME", "CheckpointDirectory", "CheckpointInfo", "checkpoint_filename"]
 
@@ -77,8 +80,12 @@ class CheckpointDirectory:
     def metadata(self, path: Path) -> CheckpointMetadata:
         """A checkpoint's metadata, cached while the file is unchanged."""
         stat = path.stat()
-        key = (path.name, stat.st_size, stat.st_mtime_ns)
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._metadata:
+            # Imported here: h5py and numpy take ~0.2 s to import, and listing
+            # steps or pins (as the CLI does) must not pay for them.
+            from expman._format import read_metadata
+
             try:
                 self._metadata[key] = read_metadata(path)
             except CheckpointError as error:

@@ -6,6 +6,15 @@ mismatch adds one line per difference). Where it helps callers, an error also
 subclasses the builtin a Python programmer would catch::
 
     ExpmanError
+    ├── UsageError (ValueError)                bad names, --set values, config files
+    │   ├── InvalidNameError
+    │   ├── InvalidAssignmentError
+    │   └── ConfigError
+    ├── RepositoryError                        not a git repo, no commits, no identity, ...
+    ├── ExperimentNotFoundError (LookupError)
+    ├── ExperimentExistsError
+    ├── ExperimentLockedError                  another run of the experiment is running
+    ├── CommandNotFoundError                   the run's command does not exist
     ├── UnsupportedStateError (TypeError)     a state value that cannot be stored
     ├── ArchitectureMismatchError (ValueError) checkpoint and model differ
     └── CheckpointError
@@ -40,16 +49,61 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointSaveFailedError",
     "CheckpointWriteError",
+    "CommandNotFoundError",
+    "ConfigError",
+    "ExperimentExistsError",
+    "ExperimentLockedError",
+    "ExperimentNotFoundError",
     "ExpmanError",
     "ExpmanWarning",
+    "InvalidAssignmentError",
+    "InvalidNameError",
     "ModelConfigChangedWarning",
     "PartialRestoreWarning",
+    "RepositoryError",
     "UnsupportedStateError",
+    "UsageError",
 ]
 
 
 class ExpmanError(Exception):
     """Base class of every error expman raises on purpose."""
+
+
+class UsageError(ExpmanError, ValueError):
+    """Input that cannot be used as given: a name, a ``--set``, a config file."""
+
+
+class InvalidNameError(UsageError):
+    """An experiment name git would refuse, or that could escape a directory."""
+
+
+class InvalidAssignmentError(UsageError):
+    """A ``--set KEY=VALUE`` that does not parse."""
+
+
+class ConfigError(UsageError):
+    """``expman.toml`` is missing, unreadable or invalid."""
+
+
+class RepositoryError(ExpmanError):
+    """The git repository cannot be used: not a repository, no commits, no identity, ..."""
+
+
+class ExperimentNotFoundError(ExpmanError, LookupError):
+    """No experiment (branch) of that name."""
+
+
+class ExperimentExistsError(ExpmanError):
+    """An experiment of that name already exists."""
+
+
+class ExperimentLockedError(ExpmanError):
+    """Another run of the same experiment holds its lock."""
+
+
+class CommandNotFoundError(ExpmanError):
+    """The command a run should execute is missing or cannot be started."""
 
 
 class UnsupportedStateError(ExpmanError, TypeError):
@@ -112,7 +166,7 @@ class ArchitectureMismatchError(ExpmanError, ValueError):
         self.checkpoint = checkpoint
         self.experiment = experiment
         self.code_commit = code_commit
-        super().__init__(self._render())
+        super().__init__(self.render())
 
     @property
     def missing(self) -> Sequence[str]:
@@ -124,7 +178,7 @@ class ArchitectureMismatchError(ExpmanError, ValueError):
         """Tensors the checkpoint has and the model lacks."""
         return self.diff.unexpected
 
-    def _render(self) -> str:
+    def render(self) -> str:
         origin = [f"experiment {self.experiment}"] if self.experiment else []
         if self.code_commit:
             origin.append(f"commit {self.code_commit[:12]}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from expman import _runtime
 from expman._architecture import Architecture, TensorSpec, compare_architectures
 from expman._catalog import CheckpointDirectory, CheckpointInfo, checkpoint_filename
 from expman._durable import (
@@ -101,7 +102,10 @@ class CheckpointManager:
         model_config: Mapping[str, Any] | None = None,
         compression: str | None = None,
     ) -> None:
-        if directory is None:
+        run = _runtime.current_run()
+        if directory is None and run is not None:
+            directory = run.checkpoint_dir
+        elif directory is None:
             directory = tempfile.mkdtemp(prefix="expman-")
             logger.warning("Using temporary directory as checkpoint directory: %s", directory)
         self.directory = Path(directory).absolute()
@@ -111,10 +115,15 @@ class CheckpointManager:
             raise CheckpointWriteError(
                 f"cannot create checkpoint directory {self.directory}: {describe_os_error(error)}"
             ) from error
+        in_run = run is not None and self.directory == run.checkpoint_dir.absolute()
+        if policy is None and in_run and run is not None:
+            policy = CheckpointPolicy.from_mapping(run.policy)
         self.policy = policy or CheckpointPolicy()
-        self.experiment = experiment
-        self.code_commit = code_commit
-        self.params = dict(params or {})
+        self.experiment = experiment or (run.experiment if run else None)
+        self.code_commit = code_commit or (run.code_commit if run else None)
+        self.params = dict(params if params is not None else (run.params if run else {}))
+        self._warm_start = (run.warm_start, run.warm_start_name) if in_run and run else None
+        self._partial_default = bool(in_run and run and run.partial)
         self.model_config = dict(model_config or {})
         self.compression = compression
         self.last_restore: RestoreReport | None = None
@@ -130,6 +139,7 @@ class CheckpointManager:
         self._closed = False
         with contextlib.suppress(OSError):  # a read-only directory can still be restored
             remove_stale_temporaries(self.directory)
+        _runtime.remember_directory(self.directory)
 
     # -- saving ---------------------------------------------------------------
 
@@ -331,7 +341,7 @@ class CheckpointManager:
         into: MutableMapping[str, Any],
         *,
         step: int | None = None,
-        partial: bool = False,
+        partial: bool | None = None,
     ) -> int:
         """Fill ``into`` from a checkpoint (the latest by default); return its step.
 
@@ -347,6 +357,11 @@ class CheckpointManager:
             partial: restore only the tensors that match, leave the others as
                 initialised, and warn (:class:`PartialRestoreWarning`) with a
                 report of what was skipped (also in :attr:`last_restore`).
+                None: False, unless ``expman run --partial`` started the process.
+
+        Under ``expman run --from-checkpoint OTHER``, a directory with no
+        checkpoint yet restores from the other experiment's checkpoint instead
+        (a warm start), through the same architecture check.
 
         Raises:
             ArchitectureMismatchError: the tensors differ (and ``partial`` is False).
@@ -359,7 +374,11 @@ class CheckpointManager:
             >>> start = ckpts.restore(into=state)  # doctest: +SKIP
         """
         self._raise_background_error()
+        if partial is None:
+            partial = self._partial_default
         path = self._find(step)
+        if path is None and step is None and self._warm_start is not None:
+            path = self._warm_start[0]
         if path is None:
             self.last_restore = None
             return 0
@@ -368,12 +387,14 @@ class CheckpointManager:
         model = _architecture([to_leaf(n, s.value) for n, s in slots.items()], self.model_config)
         diff = compare_architectures(meta.architecture, model)
         if not diff.tensors_match and not partial:
-            raise ArchitectureMismatchError(
+            error = ArchitectureMismatchError(
                 diff,
                 checkpoint=str(meta.path),
                 experiment=meta.experiment,
                 code_commit=meta.code_commit,
             )
+            _runtime.record_refusal(error)
+            raise error
         if diff.config_changes and diff.tensors_match:
             warnings.warn(
                 f"checkpoint {meta.path} was saved with another model config, with the "
@@ -386,7 +407,8 @@ class CheckpointManager:
             _assign(slots[name], value)
         report = RestoreReport(meta.step, meta.path, diff.matching, tuple(diff.lines()))
         self.last_restore = report
-        self._restored_step = meta.step
+        if path.parent == self.directory:
+            self._restored_step = meta.step
         if report.skipped:
             warnings.warn(
                 PartialRestoreWarning(
@@ -398,7 +420,7 @@ class CheckpointManager:
             )
         return meta.step
 
-    def restore_latest(self, into: MutableMapping[str, Any], *, partial: bool = False) -> int:
+    def restore_latest(self, into: MutableMapping[str, Any], *, partial: bool | None = None) -> int:
         """Fill ``into`` from the latest checkpoint; return its step (0 if none)."""
         return self.restore(into, partial=partial)
 

@@ -28,19 +28,35 @@ def test_all_is_sorted_and_pinned() -> None:
         "CheckpointPolicy",
         "CheckpointSaveFailedError",
         "CheckpointWriteError",
+        "CommandNotFoundError",
+        "ConfigError",
         "DtypeChange",
+        "ExperimentExistsError",
+        "ExperimentLockedError",
+        "ExperimentNotFoundError",
         "ExpmanError",
         "ExpmanWarning",
+        "InvalidAssignmentError",
+        "InvalidNameError",
         "ModelConfigChangedWarning",
         "PartialRestoreWarning",
+        "RepositoryError",
         "RestoreReport",
+        "RunOptions",
+        "RunResult",
         "ShapeChange",
         "TensorRecord",
         "TensorSpec",
         "UnsupportedStateError",
+        "UsageError",
+        "Workspace",
         "__version__",
         "compare_architectures",
+        "current_run",
+        "log_metrics",
+        "params",
         "read_metadata",
+        "run_experiment",
     ]
     for name in expman.__all__:
         assert hasattr(expman, name), name
@@ -57,6 +73,15 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
+def test_import_expman_and_the_cli_load_neither_numpy_nor_h5py() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, expman, expman.cli; print('numpy' in sys.modules, 'h5py' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
 def test_only_the_format_module_imports_h5py() -> None:
     users = sorted(p.name for p in PACKAGE.rglob("*.py") if "h5py" in imports_of(p))
     assert users == ["_format.py"]
@@ -71,6 +96,16 @@ def test_the_architecture_comparison_is_pure() -> None:
         "json",
         "typing",
     }
+
+
+def test_only_the_gitrepo_module_runs_git() -> None:
+    users = sorted(
+        p.name
+        for p in PACKAGE.rglob("*.py")
+        if '"git"' in p.read_text() or "'git'" in p.read_text()
+    )
+    assert users == []  # git is found with shutil.which in _gitrepo only
+    assert 'shutil.which("git")' in (PACKAGE / "_gitrepo.py").read_text()
 
 
 def test_nothing_unpickles() -> None:

@@ -1,0 +1,195 @@
+"""``expman.toml``: the command a run executes, its parameters and checkpoint policy.
+
+Read with :mod:`tomllib`; edited (``--set``) with tomlkit, which keeps the
+user's comments and layout, so that a parameter change is a one-line diff.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from expman._errors import ConfigError, InvalidAssignmentError
+from expman._names import DEFAULT_PREFIX
+from expman._policy import CheckpointPolicy
+
+__all__ = [
+    "CONFIG_NAME",
+    "Assignment",
+    "AssignmentResult",
+    "WorkspaceConfig",
+    "apply_assignments",
+    "default_config_text",
+    "parse_assignment",
+    "parse_config",
+]
+
+CONFIG_NAME = "expman.toml"
+_KEY_PART = re.compile(r"[A-Za-z0-9_-]+")
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]*")
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """The parsed ``expman.toml``."""
+
+    command: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    branch_prefix: str = DEFAULT_PREFIX
+    key_metric: str | None = None
+    key_metric_mode: Literal["min", "max"] = "min"
+
+
+def default_config_text(command: str = "python train.py") -> str:
+    return f"""\
+# expman: what a run executes, with which parameters, and how it checkpoints.
+# Each experiment is a branch (exp/NAME) holding its own copy of this file.
+
+[run]
+command = {_toml_string(command)}
+
+[params]
+# Read in the training script with expman.params(); change per experiment with
+# `expman new NAME --set key=value`.
+
+[checkpoints]
+save_every_secs = 600
+keep_max = 5
+
+[experiments]
+branch_prefix = "exp/"
+# key_metric = "loss"      # shown by `expman list`
+# key_metric_mode = "min"  # or "max"
+"""
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid TOML basic string
+
+
+def parse_config(text: str, source: str = CONFIG_NAME) -> WorkspaceConfig:
+    """Parse ``expman.toml``; every problem is a :class:`ConfigError` naming the file."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source} is not valid TOML ({error}): fix it and retry") from error
+    run = _table(data, "run", source)
+    experiments = _table(data, "experiments", source)
+    command = run.get("command", ())
+    if isinstance(command, str):
+        try:
+            command = tuple(shlex.split(command))
+        except ValueError as error:
+            raise ConfigError(f"{source}: [run] command cannot be split ({error})") from error
+    elif isinstance(command, list) and all(isinstance(c, str) for c in command):
+        command = tuple(command)
+    else:
+        raise ConfigError(f"{source}: [run] command must be a string or a list of strings")
+    try:
+        policy = CheckpointPolicy.from_mapping(_table(data, "checkpoints", source))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: [checkpoints] {error}") from error
+    prefix = experiments.get("branch_prefix", DEFAULT_PREFIX)
+    if not isinstance(prefix, str) or not re.fullmatch(r"([A-Za-z0-9_-]+/)+", prefix):
+        raise ConfigError(
+            f"{source}: [experiments] branch_prefix must look like 'exp/', got {prefix!r}"
+        )
+    mode = experiments.get("key_metric_mode", "min")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"{source}: [experiments] key_metric_mode must be 'min' or 'max'")
+    key_metric = experiments.get("key_metric")
+    return WorkspaceConfig(
+        command=command,
+        params=_table(data, "params", source),
+        policy=policy,
+        branch_prefix=prefix,
+        key_metric=str(key_metric) if key_metric else None,
+        key_metric_mode=mode,
+    )
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    return value
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """``--set model.hidden_units=[20,20]``: a dotted key under ``[params]`` and a value."""
+
+    key: tuple[str, ...]
+    value: Any
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.key)
+
+
+def parse_assignment(text: str) -> Assignment:
+    """Parse ``KEY=VALUE``; VALUE is TOML (a bare word is taken as a string)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    parts = tuple(key.split("."))
+    if not sep or not key or not all(_KEY_PART.fullmatch(p) for p in parts):
+        raise InvalidAssignmentError(
+            f"invalid --set {text!r}: expected KEY=VALUE with KEY a dotted name under "
+            "[params], e.g. --set model.hidden_units=[20,20]"
+        )
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        if not _BARE_WORD.fullmatch(raw):
+            raise InvalidAssignmentError(
+                f"invalid --set {text!r}: {raw!r} is not a TOML value; quote text, "
+                f"e.g. --set {key}='\"{raw}\"'"
+            ) from None
+        value = raw
+    return Assignment(parts, value)
+
+
+@dataclass(frozen=True)
+class AssignmentResult:
+    assignment: Assignment
+    existed: bool
+    old: Any
+
+
+def apply_assignments(
+    text: str, assignments: Sequence[Assignment], source: str = CONFIG_NAME
+) -> tuple[str, list[AssignmentResult]]:
+    """Set each value under ``[params]`` in the TOML text, keeping everything else."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        document = tomlkit.parse(text)
+    except TOMLKitError as error:
+        raise ConfigError(f"{source} is not valid TOML ({error}): fix it and retry") from error
+    results = []
+    for assignment in assignments:
+        container: Any = document
+        path = ["params", *assignment.key[:-1]]
+        for depth, part in enumerate(path):
+            if part not in container:
+                container[part] = tomlkit.table()
+            container = container[part]
+            if not isinstance(container, dict):
+                where = ".".join(path[: depth + 1])
+                raise InvalidAssignmentError(
+                    f"cannot set {assignment.dotted}: {where} in {source} is a value, not a table"
+                )
+        leaf = assignment.key[-1]
+        existed = leaf in container
+        old = container[leaf].unwrap() if existed else None
+        container[leaf] = assignment.value
+        results.append(AssignmentResult(assignment, existed, old))
+    return tomlkit.dumps(document), results

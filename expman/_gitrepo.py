@@ -1,0 +1,262 @@
+"""The git repository: the only module that runs git.
+
+expman drives git's plumbing commands (``write-tree``, ``commit-tree``,
+``update-ref``, ``for-each-ref``, ``worktree``) through the ``git`` program
+rather than GitPython: importing GitPython alone takes ~110 ms, most of the
+0.15 s that ``expman run`` may add to a command (see docs/decisions.md).
+
+Nothing here touches the user's HEAD, index or working tree: snapshots are
+built in a temporary index file (``GIT_INDEX_FILE``) seeded from the real one,
+and refs move by compare-and-swap ``update-ref``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from expman._errors import ExperimentExistsError, RepositoryError
+
+__all__ = ["GitError", "GitRepo", "RefUpdateError"]
+
+ZERO = "0" * 40
+_FIELD = "\x1f"
+_RECORD = "\x1e"
+
+
+class GitError(RepositoryError):
+    """A git command failed."""
+
+
+class RefUpdateError(RepositoryError):
+    """A ref moved meanwhile (the compare-and-swap failed)."""
+
+
+@dataclass(frozen=True)
+class RefInfo:
+    ref: str
+    commit: str
+    subject: str
+    trailers: Mapping[str, str]
+
+
+def _run_git(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})}
+    git = shutil.which("git")
+    if git is None:
+        raise RepositoryError("git is not installed or not on PATH: install git and retry")
+    result = subprocess.run(
+        [git, *args], cwd=cwd, env=environment, input=input, capture_output=True, check=False
+    )
+    if check and result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise GitError(f"git {args[0]} failed: {message[-1] if message else result.returncode}")
+    return result
+
+
+class GitRepo:
+    """A git repository, found from a directory inside it."""
+
+    def __init__(self, root: Path, git_dir: Path) -> None:
+        self.root = root
+        self.git_dir = git_dir
+
+    @classmethod
+    def discover(cls, path: Path) -> GitRepo:
+        if not path.is_dir():
+            raise RepositoryError(f"{path} is not a directory")
+        result = _run_git(["rev-parse", "--show-toplevel", "--absolute-git-dir"], path, check=False)
+        if result.returncode != 0:
+            raise RepositoryError(
+                f"{path} is not inside a git repository: run `git init` there first"
+            )
+        top, git_dir = result.stdout.decode().splitlines()[:2]
+        return cls(Path(top), Path(git_dir))
+
+    def git(
+        self, *args: str, env: Mapping[str, str] | None = None, input: bytes | None = None
+    ) -> str:
+        return _run_git(args, self.root, env=env, input=input).stdout.decode()
+
+    # -- state of the repository ------------------------------------------------
+
+    def resolve(self, revision: str) -> str | None:
+        """The commit a revision names, or None."""
+        result = _run_git(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],
+            self.root,
+            check=False,
+        )
+        return result.stdout.decode().strip() if result.returncode == 0 else None
+
+    def head_commit(self) -> str:
+        commit = self.resolve("HEAD")
+        if commit is None:
+            raise RepositoryError(
+                f"the repository at {self.root} has no commits yet: commit something first "
+                "(git add -A && git commit -m 'first commit')"
+            )
+        return commit
+
+    def head_branch(self) -> str | None:
+        result = _run_git(["symbolic-ref", "--quiet", "--short", "HEAD"], self.root, check=False)
+        return result.stdout.decode().strip() if result.returncode == 0 else None
+
+    def check_identity(self) -> None:
+        result = _run_git(["var", "GIT_COMMITTER_IDENT"], self.root, check=False)
+        if result.returncode != 0:
+            raise RepositoryError(
+                "git does not know who you are, and expman commits as you: run "
+                "git config user.name 'Your Name' && git config user.email you@example.com"
+            )
+
+    def read_file(self, revision: str, path: str) -> bytes | None:
+        result = _run_git(["cat-file", "blob", f"{revision}:{path}"], self.root, check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """Several files of one revision with a single git process."""
+        request = "".join(f"{revision}:{path}\n" for path in paths).encode()
+        output = _run_git(["cat-file", "--batch"], self.root, input=request).stdout
+        found: dict[str, bytes | None] = {}
+        position = 0
+        for path in paths:
+            end = output.index(b"\n", position)
+            header = output[position:end].split()
+            if header[-1] == b"missing":
+                found[path] = None
+                position = end + 1
+                continue
+            size = int(header[2])
+            found[path] = output[end + 1 : end + 1 + size]
+            position = end + 1 + size + 1
+        return found
+
+    def list_tree(self, revision: str, directory: str) -> list[str]:
+        result = _run_git(
+            ["ls-tree", "--name-only", f"{revision}:{directory}"], self.root, check=False
+        )
+        return result.stdout.decode().split("\n")[:-1] if result.returncode == 0 else []
+
+    def refs(self, prefix: str) -> list[RefInfo]:
+        """Every ref under ``prefix`` with its commit's subject and trailers."""
+        fields = ["%(refname)", "%(objectname)", "%(contents:subject)", "%(trailers:unfold)"]
+        output = self.git("for-each-ref", f"--format={_FIELD.join(fields)}{_RECORD}", prefix)
+        infos = []
+        for record in output.split(_RECORD)[:-1]:
+            ref, commit, subject, trailers = record.lstrip("\n").split(_FIELD)
+            infos.append(RefInfo(ref, commit, subject, parse_trailers(trailers)))
+        return infos
+
+    def log(self, revision: str, *, limit: int | None = None) -> list[RefInfo]:
+        """Commits reachable from ``revision``, newest first, with their trailers."""
+        args = ["log", f"--format=%H{_FIELD}%s{_FIELD}%(trailers:unfold){_RECORD}"]
+        if limit:
+            args.append(f"--max-count={limit}")
+        output = self.git(*args, revision, "--")
+        infos = []
+        for record in output.split(_RECORD)[:-1]:
+            commit, subject, trailers = record.lstrip("\n").split(_FIELD)
+            infos.append(RefInfo(revision, commit, subject, parse_trailers(trailers)))
+        return infos
+
+    # -- writing objects and refs -----------------------------------------------
+
+    @contextmanager
+    def temporary_index(self, seed: str | None) -> Iterator[dict[str, str]]:
+        """An index file of our own: a copy of the real index, or of ``seed``'s tree."""
+        with tempfile.TemporaryDirectory(prefix="expman-index-") as scratch:
+            index = Path(scratch) / "index"
+            env = {"GIT_INDEX_FILE": str(index)}
+            real = self.git_dir / "index"
+            if seed is None and real.exists():
+                shutil.copyfile(real, index)
+            elif seed is not None:
+                self.git("read-tree", seed, env=env)
+            yield env
+
+    def snapshot_worktree(self, files: Mapping[str, bytes], exclude: Sequence[str]) -> str:
+        """The working tree as it is (untracked, not ignored files too), plus ``files``."""
+        with self.temporary_index(None) as env:
+            self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in exclude), env=env)
+            return self._write_tree(env, files)
+
+    def tree_with(self, commit: str, files: Mapping[str, bytes]) -> str:
+        """The tree of ``commit`` with ``files`` added or replaced."""
+        with self.temporary_index(commit) as env:
+            return self._write_tree(env, files)
+
+    def _write_tree(self, env: dict[str, str], files: Mapping[str, bytes]) -> str:
+        for path, content in files.items():
+            blob = self.git("hash-object", "-w", "--stdin", input=content).strip()
+            self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        return self.git("write-tree", env=env).strip()
+
+    def tree_of(self, commit: str) -> str:
+        return self.git("rev-parse", f"{commit}^{{tree}}").strip()
+
+    def commit_tree(self, tree: str, parents: Sequence[str], message: str) -> str:
+        args = ["commit-tree", tree]
+        for parent in parents:
+            args += ["-p", parent]
+        return self.git(*args, input=message.encode()).strip()
+
+    def create_ref(self, ref: str, commit: str, *, what: str) -> None:
+        """Create ``ref``; refuse if it exists (the compare-and-swap is with "absent")."""
+        result = _run_git(["update-ref", ref, commit, ZERO], self.root, check=False)
+        if result.returncode != 0:
+            raise ExperimentExistsError(f"{what} already exists ({ref})")
+
+    def move_ref(self, ref: str, new: str, old: str) -> None:
+        result = _run_git(["update-ref", ref, new, old], self.root, check=False)
+        if result.returncode != 0:
+            raise RefUpdateError(
+                f"{ref} moved while expman was updating it (another expman or git?): retry"
+            )
+
+    def delete_ref(self, ref: str, old: str) -> None:
+        result = _run_git(["update-ref", "-d", ref, old], self.root, check=False)
+        if result.returncode != 0:
+            raise RefUpdateError(f"{ref} moved while expman was deleting it: retry")
+
+    # -- worktrees ----------------------------------------------------------------
+
+    def checkout_detached(self, path: Path, commit: str) -> None:
+        """A worktree at ``path`` with ``commit`` checked out (detached), created if needed."""
+        if (path / ".git").exists():
+            worktree = ["-C", str(path)]
+            self.git(*worktree, "checkout", "--quiet", "--force", "--detach", commit)
+            self.git(*worktree, "clean", "--quiet", "-d", "--force")
+        else:
+            self.git("worktree", "prune")
+            self.git("worktree", "add", "--quiet", "--force", "--detach", str(path), commit)
+
+    def remove_worktree(self, path: Path) -> None:
+        if (path / ".git").exists():
+            self.git("worktree", "remove", "--force", str(path))
+        self.git("worktree", "prune")
+
+    def diff_stat(self, a: str, b: str) -> str:
+        return self.git("diff", "--stat", a, b, "--")
+
+
+def parse_trailers(text: str) -> dict[str, str]:
+    trailers = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            trailers[key.strip()] = value.strip()
+    return trailers

@@ -1,0 +1,404 @@
+"""The workspace: a git repository with ``expman.toml``, its experiments and their runs.
+
+Everything the CLI does is a method here; the CLI only parses and renders.
+Local state (checkpoints, worktrees, run logs, locks) lives in ``.expman/``,
+which ``expman init`` adds to ``.gitignore``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expman._config import (
+    CONFIG_NAME,
+    AssignmentResult,
+    WorkspaceConfig,
+    apply_assignments,
+    default_config_text,
+    parse_assignment,
+    parse_config,
+)
+from expman._errors import (
+    ConfigError,
+    ExperimentExistsError,
+    ExperimentNotFoundError,
+    InvalidNameError,
+    RepositoryError,
+)
+from expman._gitrepo import GitRepo, RefInfo
+from expman._lock import ExperimentLock
+from expman._names import ExperimentRef, validate_name
+from expman._records import RECORDS_DIR, new_experiment_message, parse_metrics
+
+__all__ = [
+    "STATE_DIR",
+    "ExperimentSummary",
+    "InitResult",
+    "NewResult",
+    "RemoveResult",
+    "RunSummary",
+    "Workspace",
+]
+
+STATE_DIR = ".expman"
+_IGNORE_LINE = f"/{STATE_DIR}/"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    root: Path
+    config_created: bool
+    gitignore_updated: bool
+    template_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewResult:
+    name: str
+    branch: str
+    commit: str
+    base: str | None
+    source: str
+    changes: tuple[AssignmentResult, ...]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run, as its commit on the experiment's branch tells it."""
+
+    number: int
+    commit: str
+    subject: str
+    status: str
+    exit_code: int | None
+    step: int | None
+    metrics: dict[str, float]
+    duration: str | None
+    parent_checkpoint: str | None
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """An experiment at a glance, from its branch head alone."""
+
+    name: str
+    branch: str
+    commit: str
+    base: str | None
+    runs: int
+    status: str
+    last_step: int | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    name: str
+    branch: str
+    commit: str
+    removed_checkpoints: bool
+
+
+class Workspace:
+    """A git repository managed by expman.
+
+    Example:
+        >>> ws = Workspace.open(".")  # doctest: +SKIP
+        >>> ws.new("wide", base="base", assignments=["model.hidden_units=[20,20]"])
+    """
+
+    def __init__(self, repo: GitRepo, config: WorkspaceConfig) -> None:
+        self.repo = repo
+        self.root = repo.root
+        self.config = config
+        self.state_dir = self.root / STATE_DIR
+
+    @classmethod
+    def open(cls, path: Path | str = ".") -> Workspace:
+        repo = GitRepo.discover(Path(path).absolute())
+        config_path = repo.root / CONFIG_NAME
+        try:
+            text = config_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no {CONFIG_NAME} in {repo.root}: run `expman init` there first"
+            ) from None
+        return cls(repo, parse_config(text, str(config_path)))
+
+    @staticmethod
+    def init(
+        path: Path | str = ".",
+        *,
+        command: str | None = None,
+        template_files: dict[str, bytes] | None = None,
+    ) -> InitResult:
+        """Create ``expman.toml`` and ignore ``.expman/``; harmless when done twice.
+
+        ``template_files`` (path -> content) are written too, refusing to
+        overwrite any existing file (checked before anything is written).
+        """
+        repo = GitRepo.discover(Path(path).absolute())
+        root = repo.root
+        files = dict(template_files or {})
+        clashes = sorted(name for name in files if (root / name).exists())
+        if clashes:
+            raise ConfigError(
+                f"expman init would overwrite {', '.join(clashes)} in {root}: move them "
+                "away or use another directory"
+            )
+        config = root / CONFIG_NAME
+        config_created = not config.exists()
+        for name, content in files.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        if config_created and CONFIG_NAME not in files:
+            config.write_text(default_config_text(command or "python train.py"), "utf-8")
+        gitignore = root / ".gitignore"
+        existing = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
+        updated = _IGNORE_LINE not in existing.splitlines()
+        if updated:
+            prefix = "" if existing == "" or existing.endswith("\n") else "\n"
+            gitignore.write_text(
+                f"{existing}{prefix}# expman's local state: checkpoints, worktrees, run logs\n"
+                f"{_IGNORE_LINE}\n",
+                encoding="utf-8",
+            )
+        return InitResult(root, config_created, updated, tuple(sorted(files)))
+
+    # -- naming and places ------------------------------------------------------------
+
+    def ref(self, name: str) -> ExperimentRef:
+        return ExperimentRef(validate_name(name), self.config.branch_prefix)
+
+    def head_of(self, name: str) -> str:
+        """The commit of an experiment's branch; ExperimentNotFoundError if none."""
+        ref = self.ref(name)
+        commit = self.repo.resolve(str(ref))
+        if commit is None:
+            known = [s.name for s in self.experiments()][:10]
+            hint = f" (experiments: {', '.join(known)})" if known else " (there are none yet)"
+            raise ExperimentNotFoundError(
+                f"no experiment named {name!r}{hint}: create it with expman new {name}"
+            )
+        return commit
+
+    def checkpoint_dir(self, name: str) -> Path:
+        return self.state_dir / "checkpoints" / validate_name(name)
+
+    def worktree_dir(self, name: str) -> Path:
+        return self.state_dir / "worktrees" / validate_name(name)
+
+    def runs_dir(self, name: str) -> Path:
+        return self.state_dir / "runs" / validate_name(name)
+
+    def lock(self, name: str) -> ExperimentLock:
+        return ExperimentLock(self.state_dir / "locks" / f"{validate_name(name)}.lock", name)
+
+    def experiment_config(self, commit: str) -> tuple[str, WorkspaceConfig]:
+        """The ``expman.toml`` of a commit, as text and parsed."""
+        content = self.repo.read_file(commit, CONFIG_NAME)
+        if content is None:
+            raise ConfigError(f"commit {commit[:12]} has no {CONFIG_NAME}")
+        text = content.decode("utf-8")
+        return text, parse_config(text, f"{CONFIG_NAME} at {commit[:12]}")
+
+    # -- new ----------------------------------------------------------------------------
+
+    def new(
+        self,
+        name: str,
+        *,
+        base: str | None = None,
+        assignments: Sequence[str] = (),
+        message: str | None = None,
+    ) -> NewResult:
+        """Create ``exp/NAME`` from the working tree (or ``base``), with ``--set`` applied.
+
+        The working tree is snapshotted as it is, uncommitted and untracked
+        (not ignored) files included, into a temporary index; the user's HEAD,
+        index and files are left exactly as they were.
+        """
+        ref = self.ref(name)
+        parsed = [parse_assignment(a) for a in assignments]
+        self.repo.check_identity()
+        if self.repo.resolve(str(ref)) is not None:
+            raise ExperimentExistsError(
+                f"experiment {name} already exists ({ref.branch}): choose another name, or "
+                f"remove it with expman rm {name}"
+            )
+        if base is None:
+            parent = self.repo.head_commit()
+            branch = self.repo.head_branch()
+            if branch is None:
+                raise RepositoryError(
+                    "HEAD is detached, so the experiment would have no branch to come from: "
+                    "check out a branch (git switch main), or give --from REF"
+                )
+            config_path = self.root / CONFIG_NAME
+            if not config_path.exists():
+                raise ConfigError(f"no {CONFIG_NAME} in {self.root}: run expman init first")
+            text = config_path.read_text(encoding="utf-8")
+            new_text, changes = apply_assignments(text, parsed)
+            files = {CONFIG_NAME: new_text.encode()} if parsed else {}
+            tree = self.repo.snapshot_worktree(files, exclude=[STATE_DIR])
+            dirty = tree != self.repo.tree_of(parent)
+            source = f"{branch} at {parent[:12]}" + (" with uncommitted changes" if dirty else "")
+            base_name = None
+        else:
+            parent, base_name = self._resolve_base(base)
+            text, _ = self.experiment_config(parent)
+            new_text, changes = apply_assignments(text, parsed)
+            tree = (
+                self.repo.tree_with(parent, {CONFIG_NAME: new_text.encode()})
+                if parsed
+                else self.repo.tree_of(parent)
+            )
+            source = f"{base} at {parent[:12]}"
+        parse_config(new_text)  # the result must still be a valid config
+        described = [f"{c.assignment.dotted} = {_toml_value(c.assignment.value)}" for c in changes]
+        commit = self.repo.commit_tree(
+            tree, [parent], new_experiment_message(name, base_name, source, described, message)
+        )
+        self.repo.create_ref(str(ref), commit, what=f"experiment {name}")
+        return NewResult(name, ref.branch, commit, base_name, source, tuple(changes))
+
+    def _resolve_base(self, base: str) -> tuple[str, str]:
+        """An experiment name or any git revision -> (commit, how to name it)."""
+        try:
+            experiment = self.repo.resolve(str(self.ref(base)))
+        except InvalidNameError:  # not an experiment name: maybe a revision
+            experiment = None
+        if experiment is not None:
+            return experiment, base
+        commit = self.repo.resolve(base)
+        if commit is None:
+            raise ExperimentNotFoundError(
+                f"--from {base!r} is neither an experiment nor a git revision: check the name "
+                "with expman list"
+            )
+        return commit, base
+
+    # -- reading experiments -------------------------------------------------------------
+
+    def experiments(self) -> list[ExperimentSummary]:
+        """Every experiment, from one ``git for-each-ref`` over the branches."""
+        prefix = f"refs/heads/{self.config.branch_prefix}"
+        locks = self.state_dir / "locks"
+        maybe_running = {p.stem for p in locks.glob("*.lock")} if locks.is_dir() else set()
+        summaries = []
+        for info in self.repo.refs(prefix):
+            name = info.ref[len(prefix) :]
+            trailers = info.trailers
+            if "Runs" not in trailers:
+                trailers = self._last_expman_trailers(info.commit)
+            summaries.append(self._summary(name, info, trailers, maybe_running))
+        return summaries
+
+    def _summary(
+        self,
+        name: str,
+        info: RefInfo,
+        trailers: Mapping[str, str],
+        maybe_running: set[str],
+    ) -> ExperimentSummary:
+        runs = _int(trailers.get("Runs")) or 0
+        status = trailers.get("Status", "never run" if runs == 0 else "unknown")
+        if name in maybe_running and self.lock(name).is_held():
+            status = "running"
+        return ExperimentSummary(
+            name=name,
+            branch=f"{self.config.branch_prefix}{name}",
+            commit=info.commit,
+            base=trailers.get("Base") or None,
+            runs=runs,
+            status=status,
+            last_step=_int(trailers.get("Step")),
+            metrics=parse_metrics(trailers.get("Metrics", "")),
+        )
+
+    def _last_expman_trailers(self, commit: str) -> Mapping[str, str]:
+        """Trailers of the newest commit expman wrote on a branch (the user may add more)."""
+        for entry in self.repo.log(commit, limit=200):
+            if "Runs" in entry.trailers:
+                return entry.trailers
+        return {}
+
+    def summary(self, name: str) -> ExperimentSummary:
+        head = self.head_of(name)
+        info = RefInfo(str(self.ref(name)), head, "", {})
+        locks = {name} if self.lock(name).is_held() else set()
+        return self._summary(name, info, self._last_expman_trailers(head), locks)
+
+    def runs(self, name: str) -> list[RunSummary]:
+        """The runs of an experiment, oldest first."""
+        runs = []
+        for entry in self.repo.log(self.head_of(name)):
+            trailers = entry.trailers
+            if "Run" not in trailers or "Status" not in trailers:
+                continue
+            if trailers.get("Experiment") != name:
+                continue  # a run of the experiment this one was created from
+            runs.append(
+                RunSummary(
+                    number=int(trailers["Run"]),
+                    commit=entry.commit,
+                    subject=entry.subject,
+                    status=trailers["Status"],
+                    exit_code=_int(trailers.get("Exit-Code")),
+                    step=_int(trailers.get("Step")),
+                    metrics=parse_metrics(trailers.get("Metrics", "")),
+                    duration=trailers.get("Duration"),
+                    parent_checkpoint=trailers.get("Parent-Checkpoint"),
+                )
+            )
+        return runs[::-1]
+
+    def params(self, name: str) -> dict[str, Any]:
+        return dict(self.experiment_config(self.head_of(name))[1].params)
+
+    def run_record(self, name: str, number: int) -> dict[str, Any]:
+        """The committed ``run.json`` of a run."""
+        head = self.head_of(name)
+        content = self.repo.read_file(head, f"{RECORDS_DIR}/{number:03d}/run.json")
+        if content is None:
+            raise ExperimentNotFoundError(f"experiment {name} has no run {number}")
+        record: dict[str, Any] = json.loads(content)
+        return record
+
+    # -- rm -------------------------------------------------------------------------------
+
+    def remove(self, name: str, *, keep_checkpoints: bool = False) -> RemoveResult:
+        """Delete the branch, its worktree, run logs and (unless kept) checkpoints."""
+        head = self.head_of(name)
+        ref = self.ref(name)
+        with self.lock(name):
+            self.repo.remove_worktree(self.worktree_dir(name))
+            self.repo.delete_ref(str(ref), head)
+            shutil.rmtree(self.runs_dir(name), ignore_errors=True)
+            if not keep_checkpoints:
+                shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
+        (self.state_dir / "locks" / f"{name}.lock").unlink(missing_ok=True)
+        return RemoveResult(name, ref.branch, head, not keep_checkpoints)
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return (
+        json.dumps(value, separators=(", ", ": "))
+        if not isinstance(value, str)
+        else json.dumps(value)
+    )

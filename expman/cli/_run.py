@@ -1,0 +1,82 @@
+"""``expman run``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from expman._runner import RunOptions, run_experiment
+from expman._workspace import Workspace
+from expman.cli._experiments import SET_HELP
+from expman.cli._output import note
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "run",
+        context_settings={"allow_interspersed_args": False},
+        epilog=(
+            "Examples:  expman run base  |  expman run wide --from-checkpoint base  |  "
+            "expman run base --set lr=0.05  |  expman run base -- python train.py --epochs 3"
+        ),
+    )(run)
+
+
+def run(
+    name: Annotated[str, typer.Argument(help="The experiment to run.")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The command to run instead of [run] command (after --)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help=SET_HELP + " Committed on the branch before the run."),
+    ] = None,
+    from_checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--from-checkpoint",
+            metavar="EXPERIMENT[@STEP]",
+            help="Warm-start from another experiment's checkpoint (architecture-checked).",
+        ),
+    ] = None,
+    partial: Annotated[
+        bool,
+        typer.Option("--partial", help="Allow a partial restore; what is skipped is reported."),
+    ] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Start over: earlier checkpoints move to .expman/archive/."),
+    ] = False,
+) -> None:
+    """Run experiment NAME in a worktree of its branch and record the run on it.
+
+    The run resumes from the experiment's latest checkpoint. Its output goes to
+    the terminal and to .expman/runs/NAME/NNN/output.log. The exit code is the
+    command's (3 if a restore was refused for a different architecture).
+    """
+    result = run_experiment(
+        Workspace.open(),
+        name,
+        RunOptions(
+            assignments=set_ or [],
+            from_checkpoint=from_checkpoint,
+            partial=partial,
+            fresh=fresh,
+            command=command or [],
+        ),
+    )
+    for change in result.changes:
+        note(f"params {change}")
+    if result.archived_checkpoints:
+        note(f"earlier checkpoints moved to {result.archived_checkpoints}")
+    if result.refusal:
+        note(result.refusal)
+    note(
+        f"{result.subject} (exit {result.exit_code}); recorded as "
+        f"{result.record_commit[:12]} on {Workspace.open().ref(name).branch}"
+    )
+    raise typer.Exit(result.exit_code)
