@@ -373,6 +373,16 @@ class CheckpointManager:
         Example:
             >>> start = ckpts.restore(into=state)  # doctest: +SKIP
         """
+        return self._restore(into, step, partial)
+
+    def restore_latest(self, into: MutableMapping[str, Any], *, partial: bool | None = None) -> int:
+        """Fill ``into`` from the latest checkpoint; return its step (0 if none)."""
+        return self._restore(into, None, partial)
+
+    def _restore(
+        self, into: MutableMapping[str, Any], step: int | None, partial: bool | None
+    ) -> int:
+        # Warnings point at the caller of restore() / restore_latest().
         self._raise_background_error()
         if partial is None:
             partial = self._partial_default
@@ -400,7 +410,7 @@ class CheckpointManager:
                 f"checkpoint {meta.path} was saved with another model config, with the "
                 "same tensors: " + "; ".join(diff.config_lines()),
                 ModelConfigChangedWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         values = read_tensors(meta, diff.matching, {n: slots[n].value for n in diff.matching})
         for name, value in values.items():
@@ -416,13 +426,9 @@ class CheckpointManager:
                     f"restored, {len(report.skipped)} skipped: " + "; ".join(report.skipped),
                     report,
                 ),
-                stacklevel=2,
+                stacklevel=3,
             )
         return meta.step
-
-    def restore_latest(self, into: MutableMapping[str, Any], *, partial: bool | None = None) -> int:
-        """Fill ``into`` from the latest checkpoint; return its step (0 if none)."""
-        return self.restore(into, partial=partial)
 
     def load(self, step: int | None = None) -> dict[str, Any]:
         """Read a whole checkpoint (the latest by default) as ``{name: value}``."""

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from expman._config import CONFIG_NAME, parse_config
-from expman._errors import ArchitectureMismatchError, ConfigError, ExpmanError
+from expman._errors import ArchitectureMismatchError, ConfigError
 
 __all__ = [
     "EVENTS_NAME",
@@ -182,7 +182,7 @@ def read_events(directory: Path) -> list[dict[str, Any]]:
 
 
 def record_refusal(error: ArchitectureMismatchError) -> None:
-    """Under ``expman run``: leave the refusal for expman, and exit cleanly with it."""
+    """Under ``expman run``: leave the refusal for expman to report, without a traceback."""
     run = current_run()
     if run is None:
         return
@@ -200,11 +200,10 @@ def record_refusal(error: ArchitectureMismatchError) -> None:
 def _clean_expman_errors(
     kind: type[BaseException], error: BaseException, traceback: TracebackType | None
 ) -> None:
-    if not isinstance(error, ExpmanError):
+    if not isinstance(error, ArchitectureMismatchError):
         sys.__excepthook__(kind, error, traceback)
         return
-    print(f"expman: error: {error}", file=sys.stderr)
+    # expman run prints the refusal (from refusal.json) and exits 3 itself.
     sys.stderr.flush()
     sys.stdout.flush()
-    code = 3 if isinstance(error, ArchitectureMismatchError) else 1
-    os._exit(code)
+    os._exit(3)

@@ -77,7 +77,7 @@ def _details(workspace: Workspace, name: str) -> dict[str, Any]:
         "params": workspace.params(name),
         "checkpoint_dir": str(directory),
         "checkpoints": checkpoints,
-        "runs": [asdict(r) for r in workspace.runs(name)],
+        "run_history": [asdict(r) for r in workspace.runs(name)],
     }
 
 

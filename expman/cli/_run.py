@@ -17,7 +17,6 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     app.command(
         "run",
-        context_settings={"allow_interspersed_args": False},
         epilog=(
             "Examples:  expman run base  |  expman run wide --from-checkpoint base  |  "
             "expman run base --set lr=0.05  |  expman run base -- python train.py --epochs 3"
