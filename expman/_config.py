@@ -81,7 +81,7 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> WorkspaceConfig:
         raise ConfigError(f"{source} is not valid TOML ({error}): fix it and retry") from error
     run = _table(data, "run", source)
     experiments = _table(data, "experiments", source)
-    command = run.get("command", ())
+    command = run.get("command", [])
     if isinstance(command, str):
         try:
             command = tuple(shlex.split(command))

@@ -26,6 +26,7 @@ from expman._errors import ExperimentExistsError, RepositoryError
 __all__ = ["GitError", "GitRepo", "RefUpdateError"]
 
 ZERO = "0" * 40
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _FIELD = "\x1f"
 _RECORD = "\x1e"
 
@@ -116,7 +117,11 @@ class GitRepo:
         return result.stdout.decode().strip() if result.returncode == 0 else None
 
     def check_identity(self) -> None:
-        result = _run_git(["var", "GIT_COMMITTER_IDENT"], self.root, check=False)
+        # `git var` accepts identities that commit-tree refuses (user@host.(none)),
+        # so ask commit-tree itself, with the empty tree: nothing is referenced.
+        result = _run_git(
+            ["commit-tree", EMPTY_TREE], self.root, input=b"identity check", check=False
+        )
         if result.returncode != 0:
             raise RepositoryError(
                 "git does not know who you are, and expman commits as you: run "
@@ -191,7 +196,9 @@ class GitRepo:
     def snapshot_worktree(self, files: Mapping[str, bytes], exclude: Sequence[str]) -> str:
         """The working tree as it is (untracked, not ignored files too), plus ``files``."""
         with self.temporary_index(None) as env:
-            self.git("add", "-A", "--", ".", *(f":(exclude){p}" for p in exclude), env=env)
+            self.git("add", "-A", env=env)
+            if exclude:  # expman's own state, even where .gitignore does not list it
+                self.git("rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *exclude, env=env)
             return self._write_tree(env, files)
 
     def tree_with(self, commit: str, files: Mapping[str, bytes]) -> str:

@@ -64,3 +64,96 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 def remount_read_only(mount: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+
+# -- git workspaces -------------------------------------------------------------
+
+TRAIN_SCRIPT = '''\
+"""A tiny training script driven by expman.toml's [params]."""
+import os
+import sys
+import time
+
+import numpy as np
+
+import expman
+
+params = expman.params()
+hidden = params["model"]["hidden_units"]
+state = {
+    "dnn/hiddenlayer_0/kernel": np.zeros((4, hidden[0]), np.float32),
+    "dnn/hiddenlayer_0/bias": np.zeros(hidden[0], np.float32),
+    "dnn/logits/kernel": np.zeros((hidden[-1], 3), np.float32),
+    "global_step": 0,
+}
+ckpts = expman.CheckpointManager()
+start = ckpts.restore_latest(into=state)
+print(f"starting at step {start}", flush=True)
+if params.get("sleep"):
+    print("sleeping", flush=True)
+    time.sleep(float(params["sleep"]))
+for step in range(start, start + params["steps"]):
+    state["dnn/hiddenlayer_0/kernel"] += 1.0
+    state["global_step"] = step + 1
+    loss = 1.0 / (step + 1)
+    expman.log_metrics(step + 1, loss=loss, accuracy=1.0 - loss)
+    ckpts.save(step + 1, state, metrics={"loss": loss})
+ckpts.close()
+print(f"finished at step {state['global_step']}", flush=True)
+sys.exit(int(params.get("exit_code", 0)))
+'''
+
+CONFIG = """\
+# expman configuration for the tests
+[run]
+command = "python train.py"
+
+[params]
+steps = 20
+exit_code = 0
+
+[params.model]
+hidden_units = [10, 10]
+
+[checkpoints]
+save_every_secs = 600
+keep_max = 5
+
+[experiments]
+branch_prefix = "exp/"
+key_metric = "loss"
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_repository(path: Path) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "Ada Lovelace")
+    git(path, "config", "user.email", "ada@example.com")
+    (path / "train.py").write_text(TRAIN_SCRIPT)
+    (path / "expman.toml").write_text(CONFIG)
+    (path / ".gitignore").write_text("/.expman/\n*.log\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "training script")
+    return path
+
+
+@pytest.fixture(scope="session")
+def repository_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repository(tmp_path_factory.mktemp("template") / "repo")
+
+
+@pytest.fixture
+def workspace(repository_template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of a git repository with train.py and expman.toml committed."""
+    import shutil
+
+    target = tmp_path / "work"
+    shutil.copytree(repository_template, target, symlinks=True)
+    return target
