@@ -207,10 +207,23 @@ class GitRepo:
             return self._write_tree(env, files)
 
     def _write_tree(self, env: dict[str, str], files: Mapping[str, bytes]) -> str:
-        for path, content in files.items():
-            blob = self.git("hash-object", "-w", "--stdin", input=content).strip()
-            self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        if files:
+            blobs = self._write_blobs(list(files.values()))
+            entries = "".join(
+                f"100644 {blob}\t{path}\n" for path, blob in zip(files, blobs, strict=True)
+            )
+            self.git("update-index", "--index-info", env=env, input=entries.encode())
         return self.git("write-tree", env=env).strip()
+
+    def _write_blobs(self, contents: Sequence[bytes]) -> list[str]:
+        """Store several blobs with one git process."""
+        with tempfile.TemporaryDirectory(prefix="expman-blobs-") as scratch:
+            paths = []
+            for number, content in enumerate(contents):
+                path = Path(scratch) / str(number)
+                path.write_bytes(content)
+                paths.append(str(path))
+            return self.git("hash-object", "-w", "--", *paths).split()
 
     def tree_of(self, commit: str) -> str:
         return self.git("rev-parse", f"{commit}^{{tree}}").strip()

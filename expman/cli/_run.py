@@ -57,8 +57,9 @@ def run(
     the terminal and to .expman/runs/NAME/NNN/output.log. The exit code is the
     command's (3 if a restore was refused for a different architecture).
     """
+    workspace = Workspace.open()
     result = run_experiment(
-        Workspace.open(),
+        workspace,
         name,
         RunOptions(
             assignments=set_ or [],
@@ -76,6 +77,6 @@ def run(
         note(result.refusal)
     note(
         f"{result.subject} (exit {result.exit_code}); recorded as "
-        f"{result.record_commit[:12]} on {Workspace.open().ref(name).branch}"
+        f"{result.record_commit[:12]} on {workspace.ref(name).branch}"
     )
     raise typer.Exit(result.exit_code)
