@@ -33,7 +33,7 @@ EXIT_CODES: list[tuple[type[ExpmanError], int, str]] = [
     (InvalidNameError, 9, "an invalid experiment name"),
     (InvalidAssignmentError, 10, "an invalid --set KEY=VALUE"),
     (ConfigError, 11, "expman.toml is missing or invalid"),
-    (UsageError, 2, "other invalid input (as for a bad option)"),
+    (UsageError, 2, "a bad option or argument"),
     (UnsupportedStateError, 12, "a state value that cannot be stored"),
     (CommandNotFoundError, 127, "the run's command cannot be started"),
     (ExpmanError, 1, "any other error expman reports"),
