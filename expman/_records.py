@@ -1,7 +1,7 @@
 """Run records: the small text files and the commit that tell a run's story in git.
 
 A run of experiment ``wide`` is committed on ``exp/wide`` as the directory
-``expman-runs/003/`` (``run.json``, ``params.json``, ``metrics.json``,
+``expman-runs/wide/003/`` (``run.json``, ``params.json``, ``metrics.json``,
 ``architecture.json``, ``checkpoints.json``), with a message that reads well in
 ``git log --oneline`` and ``Key: value`` trailers that ``git log
 --format='%(trailers)'`` and ``expman list`` read back.
@@ -20,6 +20,7 @@ __all__ = [
     "format_metrics",
     "new_experiment_message",
     "parse_metrics",
+    "record_directory",
     "record_files",
     "run_message",
     "set_params_message",
@@ -65,7 +66,12 @@ class RunRecord:
 
     @property
     def directory(self) -> str:
-        return f"{RECORDS_DIR}/{self.number:03d}"
+        return record_directory(self.experiment, self.number)
+
+
+def record_directory(experiment: str, number: int) -> str:
+    """Records are per experiment: a branch made from another keeps that one's as history."""
+    return f"{RECORDS_DIR}/{experiment}/{number:03d}"
 
 
 def _json(value: Any) -> bytes:

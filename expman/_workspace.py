@@ -33,7 +33,7 @@ from expman._errors import (
 from expman._gitrepo import GitRepo, RefInfo
 from expman._lock import ExperimentLock
 from expman._names import ExperimentRef, validate_name
-from expman._records import RECORDS_DIR, new_experiment_message, parse_metrics
+from expman._records import new_experiment_message, parse_metrics, record_directory
 
 __all__ = [
     "STATE_DIR",
@@ -365,7 +365,7 @@ class Workspace:
     def run_record(self, name: str, number: int) -> dict[str, Any]:
         """The committed ``run.json`` of a run."""
         head = self.head_of(name)
-        content = self.repo.read_file(head, f"{RECORDS_DIR}/{number:03d}/run.json")
+        content = self.repo.read_file(head, f"{record_directory(name, number)}/run.json")
         if content is None:
             raise ExperimentNotFoundError(f"experiment {name} has no run {number}")
         record: dict[str, Any] = json.loads(content)

@@ -247,23 +247,25 @@ def test_run_resumes_and_records_each_run_in_git(workspace: Path) -> None:
     code_commit = git(workspace, "rev-parse", "exp/base~1").strip()
     assert f"Code-Commit: {code_commit}\n" in trailers
 
-    run = json.loads(read_branch_file(workspace, "exp/base", "expman-runs/002/run.json"))
+    run = json.loads(read_branch_file(workspace, "exp/base", "expman-runs/base/002/run.json"))
     assert run["status"] == "succeeded"
     assert run["exit_code"] == 0
     assert run["command"] == ["python", "train.py"]
     assert run["last_step"] == 40
     checkpoints = json.loads(
-        read_branch_file(workspace, "exp/base", "expman-runs/002/checkpoints.json")
+        read_branch_file(workspace, "exp/base", "expman-runs/base/002/checkpoints.json")
     )
     assert [c["step"] for c in checkpoints] == [1, 20, 40]
     newest = ckpt_dir / "ckpt-000040.h5"
     assert checkpoints[-1]["sha256"] == hashlib.sha256(newest.read_bytes()).hexdigest()
     assert checkpoints[-1]["size"] == newest.stat().st_size
-    metrics = json.loads(read_branch_file(workspace, "exp/base", "expman-runs/002/metrics.json"))
+    metrics = json.loads(
+        read_branch_file(workspace, "exp/base", "expman-runs/base/002/metrics.json")
+    )
     assert metrics["final"] == {"loss": 0.025, "accuracy": 0.975}
     assert metrics["best"] == {"loss": 0.025, "accuracy": 0.975}
     architecture = json.loads(
-        read_branch_file(workspace, "exp/base", "expman-runs/002/architecture.json")
+        read_branch_file(workspace, "exp/base", "expman-runs/base/002/architecture.json")
     )
     assert {t["name"]: t["shape"] for t in architecture["tensors"]}["dnn/hiddenlayer_0/kernel"] == [
         4,

@@ -28,11 +28,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from expman.cli import _experiments, _inspect, _run
+    from expman.cli import _compare, _experiments, _inspect, _run
 
     _experiments.register(app)
     _run.register(app)
     _inspect.register(app)
+    _compare.register(app)
 
 
 _register()
