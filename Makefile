@@ -12,15 +12,15 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check expman tests bench demo
-	$(BIN)/ruff format --check expman tests bench demo
+	$(BIN)/ruff check expman tests bench demo templates
+	$(BIN)/ruff format --check expman tests bench demo templates
 	$(BIN)/mypy expman
 
 test: lint
 	$(BIN)/pytest
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m demo.checkpoints
+	$(BIN)/python -m demo.iris
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkpoint_io

@@ -217,15 +217,15 @@ def _metrics_table(
         lower = key_mode == "min" if metric == key_metric else lower_is_better(metric)
         final = [v.final_metrics.get(metric) for v in variants]
         best = [v.best_metrics.get(metric) for v in variants]
-        present = [
-            (value, v.label) for value, v in zip(final, variants, strict=True) if value is not None
-        ]
-        winner = (min if lower else max)(present)[1] if len(present) > 1 else None
+        present = [value for value in final if value is not None]
+        target = (min if lower else max)(present) if len(present) > 1 else None
         table[metric] = {
             "better": "lower" if lower else "higher",
             "final": final,
             "best": best,
-            "best_variant": winner,
+            "best_variants": [
+                v.label for value, v in zip(final, variants, strict=True) if value == target
+            ],
         }
     return table
 

@@ -87,6 +87,19 @@ class GitRepo:
         top, git_dir = result.stdout.decode().splitlines()[:2]
         return cls(Path(top), Path(git_dir))
 
+    @classmethod
+    def create(cls, path: Path) -> GitRepo:
+        """``git init`` a new repository at ``path`` (created if needed)."""
+        path.mkdir(parents=True, exist_ok=True)
+        _run_git(["init", "--quiet"], path)
+        return cls.discover(path)
+
+    def commit_everything(self, message: str) -> str:
+        """Commit the whole working tree; only for a repository expman just created."""
+        self.git("add", "-A")
+        self.git("commit", "--quiet", "-m", message)
+        return self.head_commit()
+
     def git(
         self, *args: str, env: Mapping[str, str] | None = None, input: bytes | None = None
     ) -> str:

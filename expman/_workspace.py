@@ -29,6 +29,7 @@ from expman._errors import (
     ExperimentNotFoundError,
     InvalidNameError,
     RepositoryError,
+    UsageError,
 )
 from expman._gitrepo import GitRepo, RefInfo
 from expman._lock import ExperimentLock
@@ -55,6 +56,7 @@ class InitResult:
     config_created: bool
     gitignore_updated: bool
     template_files: tuple[str, ...] = ()
+    repository_created: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,22 +134,29 @@ class Workspace:
 
     @staticmethod
     def init(
-        path: Path | str = ".",
-        *,
-        command: str | None = None,
-        template_files: dict[str, bytes] | None = None,
+        path: Path | str = ".", *, command: str | None = None, template: str | None = None
     ) -> InitResult:
         """Create ``expman.toml`` and ignore ``.expman/``; harmless when done twice.
 
-        ``template_files`` (path -> content) are written too, refusing to
-        overwrite any existing file (checked before anything is written).
+        With ``template``, its files are copied too, refusing to overwrite any
+        existing file (checked before anything is written). A template may go
+        into a new or empty directory outside any repository: it becomes a git
+        repository with the template as its first commit.
         """
-        repo = GitRepo.discover(Path(path).absolute())
+        directory = Path(path).absolute()
+        files = template_files(template) if template else {}
+        created = False
+        try:
+            repo = GitRepo.discover(directory)
+        except RepositoryError:
+            if not template or (directory.exists() and any(directory.iterdir())):
+                raise
+            repo = GitRepo.create(directory)
+            created = True
         root = repo.root
-        files = dict(template_files or {})
         clashes = sorted(name for name in files if (root / name).exists())
         if clashes:
-            raise ConfigError(
+            raise UsageError(
                 f"expman init would overwrite {', '.join(clashes)} in {root}: move them "
                 "away or use another directory"
             )
@@ -169,7 +178,10 @@ class Workspace:
                 f"{_IGNORE_LINE}\n",
                 encoding="utf-8",
             )
-        return InitResult(root, config_created, updated, tuple(sorted(files)))
+        if created:
+            repo.check_identity()
+            repo.commit_everything(f"{template} template, from expman init --template {template}")
+        return InitResult(root, config_created, updated, tuple(sorted(files)), created)
 
     # -- naming and places ------------------------------------------------------------
 
@@ -385,6 +397,33 @@ class Workspace:
                 shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
         (self.state_dir / "locks" / f"{name}.lock").unlink(missing_ok=True)
         return RemoveResult(name, ref.branch, head, not keep_checkpoints)
+
+
+def template_files(name: str) -> dict[str, bytes]:
+    """The files of a template shipped with expman (templates/NAME), by relative path."""
+    from importlib.resources import files
+
+    templates = files("expman.templates")
+    available = sorted(
+        entry.name
+        for entry in templates.iterdir()
+        if entry.is_dir() and not entry.name.startswith("_")
+    )
+    if name not in available:
+        raise ConfigError(f"unknown template {name!r}: available templates: {', '.join(available)}")
+    found: dict[str, bytes] = {}
+
+    def walk(directory: Any, prefix: str) -> None:
+        for entry in directory.iterdir():
+            if entry.name == "__pycache__":
+                continue
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+            else:
+                found[f"{prefix}{entry.name}"] = entry.read_bytes()
+
+    walk(templates / name, "")
+    return found
 
 
 def _int(text: str | None) -> int | None:

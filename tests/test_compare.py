@@ -62,8 +62,8 @@ def test_better_metric_is_marked(two_variants: Path) -> None:
     payload = json.loads(expman(two_variants, "compare", "base", "wide", "--json").stdout)
     # base ran 30 steps in all, wide 10 from scratch: base's loss is lower.
     assert payload["metrics"]["loss"]["better"] == "lower"
-    assert payload["metrics"]["loss"]["best_variant"] == "base"
-    assert payload["metrics"]["accuracy"]["best_variant"] == "base"
+    assert payload["metrics"]["loss"]["best_variants"] == ["base"]
+    assert payload["metrics"]["accuracy"]["best_variants"] == ["base"]
     text = expman(two_variants, "compare", "base", "wide").stdout
     loss = next(line for line in text.splitlines() if line.startswith("loss"))
     assert loss.split()[4:] == ["0.03333", "(0.03333)", "*", "0.1", "(0.1)"]
@@ -86,7 +86,7 @@ def test_compare_json_schema_is_stable(two_variants: Path) -> None:
     ]
     assert payload["variants"][0]["step"] == 20
     assert payload["params"] == {"model.hidden_units": [[10, 10], [20, 20]], "steps": [20, 10]}
-    assert sorted(payload["metrics"]["loss"]) == ["best", "best_variant", "better", "final"]
+    assert sorted(payload["metrics"]["loss"]) == ["best", "best_variants", "better", "final"]
     assert sorted(payload["architecture"]) == ["differences", "identical", "unknown"]
     assert payload["architecture"]["differences"][0] == {
         "name": "dnn/hiddenlayer_0/bias",

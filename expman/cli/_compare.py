@@ -90,7 +90,7 @@ def compare(
             cells = []
             for label, final, best in zip(labels, entry["final"], entry["best"], strict=True):
                 text = f"{_value(final)} ({_value(best)})" if final is not None else "-"
-                if label == entry["best_variant"]:
+                if label in entry["best_variants"]:
                     text += " *"
                     if colour:
                         text = typer.style(text, fg="green", bold=True)

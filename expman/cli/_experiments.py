@@ -23,7 +23,10 @@ SET_HELP = (
 def register(app: typer.Typer) -> None:
     app.command(
         "init",
-        epilog="Examples:  expman init  |  expman init --command 'python train.py --fast'",
+        epilog=(
+            "Examples:  expman init  |  expman init --template iris iris-demo  |  "
+            "expman init --command 'python train.py --fast'"
+        ),
     )(init)
     app.command(
         "new",
@@ -44,10 +47,24 @@ def init(
     command: Annotated[
         str | None, typer.Option(help="The command a run executes (default: python train.py).")
     ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="Also copy a runnable example project: iris. Never overwrites."),
+    ] = None,
 ) -> None:
-    """Create expman.toml at the repository root and ignore .expman/ (harmless twice)."""
-    result = Workspace.init(directory, command=command)
-    if result.config_created:
+    """Create expman.toml at the repository root and ignore .expman/ (harmless twice).
+
+    With --template, DIR may be a new directory: it becomes a git repository
+    whose first commit is the template.
+    """
+    result = Workspace.init(directory, command=command, template=template)
+    if result.repository_created:
+        typer.echo(f"created git repository {result.root}")
+    for name in result.template_files:
+        typer.echo(f"added {name}")
+    if result.template_files:
+        pass
+    elif result.config_created:
         typer.echo(f"created {result.root / 'expman.toml'}")
     else:
         typer.echo(f"{result.root / 'expman.toml'} already exists; left as it is")
