@@ -125,6 +125,12 @@ key_metric = "loss"
 """
 
 
+def run_expman(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    from tests.cli import expman
+
+    return expman(cwd, *args)
+
+
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
@@ -157,3 +163,18 @@ def workspace(repository_template: Path, tmp_path: Path) -> Path:
     target = tmp_path / "work"
     shutil.copytree(repository_template, target, symlinks=True)
     return target
+
+
+@pytest.fixture
+def two_variants(workspace: Path) -> Path:
+    """base (run twice) and wide (hidden_units 20, created from base, run once)."""
+    assert run_expman(workspace, "new", "base").returncode == 0
+    assert run_expman(workspace, "run", "base").returncode == 0
+    assert run_expman(workspace, "run", "base", "--set", "steps=10").returncode == 0
+    new = run_expman(
+        workspace, "new", "wide", "--from", "base", "--set", "model.hidden_units=[20,20]"
+    )
+    assert new.returncode == 0
+    (workspace / "wide.txt").write_text("x")
+    assert run_expman(workspace, "run", "wide", "--fresh").returncode == 0
+    return workspace

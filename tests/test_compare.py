@@ -11,19 +11,6 @@ from tests.cli import expman
 from tests.conftest import git
 
 
-@pytest.fixture
-def two_variants(workspace: Path) -> Path:
-    """base (run twice) and wide (hidden_units 20, created from base, run once)."""
-    assert expman(workspace, "new", "base").returncode == 0
-    assert expman(workspace, "run", "base").returncode == 0
-    assert expman(workspace, "run", "base", "--set", "steps=10").returncode == 0
-    new = expman(workspace, "new", "wide", "--from", "base", "--set", "model.hidden_units=[20,20]")
-    assert new.returncode == 0
-    (workspace / "wide.txt").write_text("x")
-    assert expman(workspace, "run", "wide", "--fresh").returncode == 0
-    return workspace
-
-
 def test_compare_in_the_terminal(two_variants: Path) -> None:
     result = expman(two_variants, "compare", "base", "wide")
     assert result.returncode == 0, result.stderr

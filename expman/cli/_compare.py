@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from expman.cli._output import echo_json, format_number, table
+from expman.cli._output import echo_json, format_number, note, table
 
 __all__ = ["register"]
 
@@ -18,7 +19,8 @@ def register(app: typer.Typer) -> None:
         "compare",
         epilog=(
             "Examples:  expman compare base wide  |  expman compare base@1 base@2 --all  |  "
-            "expman compare base wide --code  |  expman compare base wide --json"
+            "expman compare base wide --code  |  expman compare base wide --json  |  "
+            "expman compare base wide --html report.html"
         ),
     )(compare)
 
@@ -38,6 +40,10 @@ def compare(
     all_params: Annotated[bool, typer.Option("--all", help="Show every parameter.")] = False,
     code: Annotated[bool, typer.Option("--code", help="Show the full code diff.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (docs/cli.md).")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML report."),
+    ] = None,
 ) -> None:
     """Compare experiments: parameters, metrics, architecture, code, checkpoints, runs.
 
@@ -49,6 +55,17 @@ def compare(
 
     workspace = Workspace.open()
     result = compare_experiments(workspace, experiments, key_metric=workspace.config.key_metric)
+    if html is not None:
+        from expman._report import render_report
+
+        report = render_report(
+            result,
+            workspace=workspace.root,
+            checkpoint_dirs={v.label: workspace.checkpoint_dir(v.name) for v in result.variants},
+            all_params=all_params,
+        )
+        html.write_text(report, encoding="utf-8")
+        note(f"wrote {html}")
     if as_json:
         echo_json(result.to_json(all_params=all_params))
         return

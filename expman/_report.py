@@ -1,0 +1,137 @@
+"""The HTML report of ``expman compare --html``: one self-contained file.
+
+Rendered with Jinja2 (autoescaped) from ``templates/_report/compare.html.j2``;
+metric curves are inline SVG drawn here, so the report needs no network, no
+script and no other file, and prints as it shows.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from expman._compare import Comparison
+from expman._runtime import read_events
+from expman._version import __version__
+
+__all__ = ["metric_series", "render_report", "svg_chart"]
+
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+Series = dict[str, list[tuple[int, float]]]
+
+
+def metric_series(checkpoint_dirs: Mapping[str, Path]) -> dict[str, Series]:
+    """``{metric: {variant: [(step, value), ...]}}`` from each variant's event log."""
+    curves: dict[str, Series] = {}
+    for label, directory in checkpoint_dirs.items():
+        for event in read_events(directory):
+            for metric, value in event.get("metrics", {}).items():
+                curves.setdefault(metric, {}).setdefault(label, []).append(
+                    (int(event["step"]), float(value))
+                )
+    return curves
+
+
+def svg_chart(series: Series, labels: Sequence[str], *, width: int = 520, height: int = 260) -> str:
+    """A line chart of each variant's values over steps, as inline SVG."""
+    points = [p for values in series.values() for p in values if p[1] == p[1]]  # drop NaN
+    if not points:
+        return ""
+    left, right, top, bottom = 56, 12, 10, 28
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:  # a constant metric: centre it
+        pad = abs(y0) * 0.1 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+
+    def x(step: float) -> float:
+        return left + (step - x0) / (x1 - x0) * (width - left - right)
+
+    def y(value: float) -> float:
+        return top + (1 - (value - y0) / (y1 - y0)) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" '
+        f'height="{height - top - bottom}" fill="none" stroke="#ccc"/>',
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" font-size="11">{y1:.4g}</text>',
+        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end" '
+        f'font-size="11">{y0:.4g}</text>',
+        f'<text x="{left}" y="{height - 8}" font-size="11">{x0}</text>',
+        f'<text x="{width - right}" y="{height - 8}" text-anchor="end" font-size="11">'
+        f"step {x1}</text>",
+    ]
+    for index, label in enumerate(labels):
+        values = sorted(p for p in series.get(label, []) if p[1] == p[1])
+        if not values:
+            continue
+        colour = COLOURS[index % len(COLOURS)]
+        coordinates = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in values)
+        parts.append(
+            f'<polyline data-variant="{html.escape(label)}" points="{coordinates}" '
+            f'fill="none" stroke="{colour}" stroke-width="2"/>'
+        )
+        if len(values) <= 20:  # few points: show each one
+            parts += [
+                f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>'
+                for s, v in values
+            ]
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_report(
+    comparison: Comparison,
+    *,
+    workspace: Path,
+    checkpoint_dirs: Mapping[str, Path],
+    all_params: bool = False,
+) -> str:
+    import jinja2
+
+    data = comparison.to_json(all_params=all_params)
+    labels = [v["label"] for v in data["variants"]]
+    curves = metric_series(checkpoint_dirs)
+    charts = [
+        {
+            "metric": metric,
+            "svg": svg_chart(curves[metric], labels),
+            "legend": [
+                (label, COLOURS[i % len(COLOURS)])
+                for i, label in enumerate(labels)
+                if label in curves[metric]
+            ],
+        }
+        for metric in sorted(curves)
+    ]
+    source = (files("expman.templates") / "_report" / "compare.html.j2").read_text("utf-8")
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": True}
+    return environment.from_string(source).render(
+        version=__version__,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        workspace=str(workspace),
+        labels=labels,
+        variants=data["variants"],
+        params=data["params"],
+        all_params=all_params,
+        metrics=data["metrics"],
+        charts=[c for c in charts if c["svg"]],
+        architecture=data["architecture"],
+        code=data["code"],
+        number=_number,
+    )
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
