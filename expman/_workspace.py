@@ -371,6 +371,18 @@ class Workspace:
             )
         return runs[::-1]
 
+    def run_checkpoints(self, name: str, runs: Sequence[RunSummary]) -> dict[int, list[int]]:
+        """The checkpoint steps kept after each run, from its record (one git process)."""
+        if not runs:
+            return {}
+        paths = [f"{record_directory(name, r.number)}/checkpoints.json" for r in runs]
+        contents = self.repo.read_files(self.head_of(name), paths)
+        kept: dict[int, list[int]] = {}
+        for run, path in zip(runs, paths, strict=True):
+            content = contents[path]
+            kept[run.number] = [c["step"] for c in json.loads(content)] if content else []
+        return kept
+
     def params(self, name: str) -> dict[str, Any]:
         return dict(self.experiment_config(self.head_of(name))[1].params)
 

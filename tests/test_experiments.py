@@ -473,9 +473,15 @@ def test_list_show_and_log(workspace: Path) -> None:
         "STEP",
         "TIME",
         "FROM",
+        "CHECKPOINTS",
         "METRICS",
     ]
     assert runs.stdout.splitlines()[1].split()[2:4] == ["succeeded", "20"]
+    assert runs.stdout.splitlines()[1].split()[6] == "1,20"
+    assert json.loads(expman(workspace, "log", "base", "--json").stdout)[0]["checkpoints"] == [
+        1,
+        20,
+    ]
     # wide was created from base: base's run is not wide's.
     assert expman(workspace, "log", "wide").stdout == (
         "experiment wide has no runs yet: expman run wide\n"

@@ -113,11 +113,12 @@ def log(
     name: Annotated[str, typer.Argument(help="The experiment.")],
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """List the runs of an experiment, oldest first, with their outcome."""
+    """List the runs of an experiment, oldest first: outcome, checkpoints kept, metrics."""
     workspace = Workspace.open()
     runs = workspace.runs(name)
+    kept = workspace.run_checkpoints(name, runs)
     if as_json:
-        echo_json([asdict(r) for r in runs])
+        echo_json([{**asdict(r), "checkpoints": kept[r.number]} for r in runs])
         return
     if not runs:
         typer.echo(f"experiment {name} has no runs yet: expman run {name}")
@@ -130,11 +131,13 @@ def log(
             format_number(r.step),
             r.duration or "-",
             r.parent_checkpoint or "-",
+            ",".join(map(str, kept[r.number])) or "-",
             _metrics(r.metrics),
         ]
         for r in runs
     ]
-    typer.echo(table(["RUN", "COMMIT", "STATUS", "STEP", "TIME", "FROM", "METRICS"], rows))
+    header = ["RUN", "COMMIT", "STATUS", "STEP", "TIME", "FROM", "CHECKPOINTS", "METRICS"]
+    typer.echo(table(header, rows))
 
 
 def _metrics(metrics: dict[str, float]) -> str:
