@@ -117,8 +117,6 @@ class CheckpointDirectory:
         """``(latest, kept)`` file names from the index, or None if it is missing or damaged."""
         try:
             text = (self.path / INDEX_NAME).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
         except (OSError, UnicodeDecodeError):
             return None
         latest, kept = None, []
@@ -134,7 +132,7 @@ class CheckpointDirectory:
                 kept.append(match[2])
         return latest, kept
 
-    def latest_step(self) -> int | None:
+    def latest_step(self, steps: dict[int, Path] | None = None) -> int | None:
         """The newest committed checkpoint's step.
 
         The index is checked on the way: a directory with checkpoints but a
@@ -142,7 +140,7 @@ class CheckpointDirectory:
         checkpoint committed after the index was last written (a crash between
         the two) is still found, since the files are the truth.
         """
-        steps = self.steps()
+        steps = self.steps() if steps is None else steps
         if not steps:
             return None
         index = self.read_index()

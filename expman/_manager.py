@@ -122,7 +122,7 @@ class CheckpointManager:
         self.experiment = experiment or (run.experiment if run else None)
         self.code_commit = code_commit or (run.code_commit if run else None)
         self.params = dict(params if params is not None else (run.params if run else {}))
-        self._warm_start = (run.warm_start, run.warm_start_name) if in_run and run else None
+        self._warm_start = run.warm_start if in_run and run else None
         self._partial_default = bool(in_run and run and run.partial)
         self.model_config = dict(model_config or {})
         self.compression = compression
@@ -388,7 +388,7 @@ class CheckpointManager:
             partial = self._partial_default
         path = self._find(step)
         if path is None and step is None and self._warm_start is not None:
-            path = self._warm_start[0]
+            path = self._warm_start
         if path is None:
             self.last_restore = None
             return 0
@@ -447,7 +447,7 @@ class CheckpointManager:
         """The file of ``step`` (the latest if None), None if there is no checkpoint."""
         steps = self._catalog.steps()
         if step is None:
-            latest = self._catalog.latest_step()
+            latest = self._catalog.latest_step(steps)
             return None if latest is None else steps[latest]
         if step not in steps:
             available = ", ".join(str(s) for s in steps) or "none"

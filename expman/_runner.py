@@ -32,7 +32,6 @@ from expman._config import CONFIG_NAME, apply_assignments, parse_assignment, par
 from expman._errors import CheckpointError, CheckpointNotFoundError, CommandNotFoundError
 from expman._gitrepo import RefUpdateError
 from expman._names import validate_name
-from expman._policy import CheckpointPolicy
 from expman._records import (
     CheckpointEntry,
     RunRecord,
@@ -108,7 +107,7 @@ def run_experiment(
     head = ws.head_of(name)
     ref = str(ws.ref(name))
     with ws.lock(name):
-        trailers = ws._last_expman_trailers(head)
+        trailers = ws.latest_trailers(head)
         base = trailers.get("Base") or None
         runs_so_far = int(trailers.get("Runs", "0") or 0)
         text, config = ws.experiment_config(head)
@@ -150,7 +149,7 @@ def run_experiment(
             code_commit=head,
             checkpoint_dir=checkpoint_dir,
             params=config.params,
-            policy=_policy_mapping(config.policy),
+            policy=asdict(config.policy),
             warm_start=warm_start,
             warm_start_name=warm_name,
             partial=options.partial,
@@ -233,10 +232,6 @@ def _commit_assignments(
         for r in results
     ]
     return commit, new_text, notes
-
-
-def _policy_mapping(policy: CheckpointPolicy) -> dict[str, Any]:
-    return asdict(policy)
 
 
 def _warm_start(ws: Workspace, spec: str | None) -> tuple[Path | None, str | None]:

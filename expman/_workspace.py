@@ -308,7 +308,7 @@ class Workspace:
             name = info.ref[len(prefix) :]
             trailers = info.trailers
             if "Runs" not in trailers:
-                trailers = self._last_expman_trailers(info.commit)
+                trailers = self.latest_trailers(info.commit)
             summaries.append(self._summary(name, info, trailers, maybe_running))
         return summaries
 
@@ -334,7 +334,7 @@ class Workspace:
             metrics=parse_metrics(trailers.get("Metrics", "")),
         )
 
-    def _last_expman_trailers(self, commit: str) -> Mapping[str, str]:
+    def latest_trailers(self, commit: str) -> Mapping[str, str]:
         """Trailers of the newest commit expman wrote on a branch (the user may add more)."""
         for entry in self.repo.log(commit, limit=200):
             if "Runs" in entry.trailers:
@@ -345,7 +345,7 @@ class Workspace:
         head = self.head_of(name)
         info = RefInfo(str(self.ref(name)), head, "", {})
         locks = {name} if self.lock(name).is_held() else set()
-        return self._summary(name, info, self._last_expman_trailers(head), locks)
+        return self._summary(name, info, self.latest_trailers(head), locks)
 
     def runs(self, name: str) -> list[RunSummary]:
         """The runs of an experiment, oldest first."""

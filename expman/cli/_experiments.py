@@ -62,12 +62,10 @@ def init(
         typer.echo(f"created git repository {result.root}")
     for name in result.template_files:
         typer.echo(f"added {name}")
-    if result.template_files:
-        pass
-    elif result.config_created:
-        typer.echo(f"created {result.root / 'expman.toml'}")
-    else:
-        typer.echo(f"{result.root / 'expman.toml'} already exists; left as it is")
+    if not result.template_files:  # a template brings its own expman.toml, listed above
+        config = result.root / "expman.toml"
+        created = result.config_created
+        typer.echo(f"created {config}" if created else f"{config} already exists; left as it is")
     if result.gitignore_updated:
         typer.echo(f"added /.expman/ to {result.root / '.gitignore'}")
 
