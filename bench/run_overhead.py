@@ -35,8 +35,13 @@ def git(cwd: Path, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--expman",
+        default=str(Path(sys.executable).parent / "expman"),
+        help="the expman program to time (default: the one beside this Python)",
+    )
     args = parser.parse_args()
-    expman = str(Path(sys.executable).parent / "expman")
+    expman = args.expman
     with tempfile.TemporaryDirectory(prefix="expman-bench-") as scratch:
         repo = Path(scratch)
         git(repo, "init", "-q", "-b", "main")
@@ -49,8 +54,10 @@ def main() -> None:
         subprocess.run([expman, "new", "base"], cwd=repo, check=True, capture_output=True)
         subprocess.run([expman, "run", "base"], cwd=repo, check=True, capture_output=True)
 
+        python = str(Path(expman).parent / "python")  # the interpreter expman runs it with
+
         def direct() -> None:
-            subprocess.run([sys.executable, "-c", "pass"], cwd=repo, check=True)
+            subprocess.run([python, "-c", "pass"], cwd=repo, check=True)
 
         def through_expman() -> None:
             subprocess.run([expman, "run", "base"], cwd=repo, check=True, capture_output=True)
