@@ -515,3 +515,12 @@ def test_help_has_examples() -> None:
         result = expman(Path.cwd(), command, "--help")
         assert result.returncode == 0
         assert "Examples:" in result.stdout, command
+
+
+def test_expman_debug_shows_the_traceback_and_keeps_the_exit_code(workspace: Path) -> None:
+    plain = expman(workspace, "new", "a..b")
+    assert "Traceback" not in plain.stderr
+    debug = expman(workspace, "new", "a..b", env={"EXPMAN_DEBUG": "1"})
+    assert debug.returncode == plain.returncode == 9
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
