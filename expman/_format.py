@@ -23,7 +23,7 @@ import xxhash
 from expman._architecture import Architecture, TensorSpec
 from expman._durable import phase
 from expman._errors import CheckpointCorruptError, CheckpointFormatError
-from expman._state import Leaf, LeafKind
+from expman._state import Bits, Leaf, LeafKind
 from expman._version import __version__
 
 __all__ = [
@@ -186,6 +186,8 @@ def _record(dataset: h5py.Dataset, leaf: Leaf, digest: str) -> TensorRecord:
     dataset.attrs["name"] = leaf.name
     dataset.attrs["kind"] = leaf.kind
     dataset.attrs["checksum"] = digest
+    if leaf.kind == "bits":
+        dataset.attrs["dtype"] = leaf.dtype
     return TensorRecord(leaf.name, dataset.name.lstrip("/"), leaf.kind, digest)
 
 
@@ -336,7 +338,7 @@ def read_tensors(
                     "file away"
                 )
             try:
-                result[record.name] = _as_kind(value, record.kind)
+                result[record.name] = _as_kind(value, record.kind, specs[record.name].dtype)
             except TypeError as error:
                 raise CheckpointCorruptError(
                     f"{path} cannot be read at tensor {record.name!r} ({error}): "
@@ -366,7 +368,12 @@ def _read_record(
             raise TypeError("not a string")
         text = str(dataset.asstr()[()])
         return text, hasher.submit(checksum, text)
-    if dataset.shape != spec.shape or dataset.dtype.name != spec.dtype:
+    stored = dataset.dtype.name if record.kind != "bits" else spec.dtype
+    if (
+        dataset.shape != spec.shape
+        or stored != spec.dtype
+        or (record.kind == "bits" and dataset.dtype.kind != "u")
+    ):
         raise ValueError(
             f"stored as {list(dataset.shape)} {dataset.dtype.name}, recorded as "
             f"{list(spec.shape)} {spec.dtype}"
@@ -415,9 +422,11 @@ def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[count:], offset + count
 
 
-def _as_kind(value: np.ndarray[Any, Any] | str, kind: str) -> Any:
+def _as_kind(value: np.ndarray[Any, Any] | str, kind: str, dtype: str) -> Any:
     if isinstance(value, str) or kind == "array":
         return value
+    if kind == "bits":
+        return Bits(value, dtype)
     array = value
     if array.shape != ():
         raise TypeError(f"a {kind} value must be a scalar")

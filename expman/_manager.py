@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from expman import _runtime
-from expman._architecture import Architecture, TensorSpec, compare_architectures
+from expman._architecture import (
+    Architecture,
+    ArchitectureDiff,
+    TensorSpec,
+    compare_architectures,
+)
 from expman._catalog import CheckpointDirectory, CheckpointInfo, checkpoint_filename
 from expman._durable import (
     commit_file,
@@ -37,7 +42,7 @@ from expman._errors import (
 )
 from expman._format import CheckpointMetadata, read_tensors, write_checkpoint
 from expman._policy import CheckpointPolicy, select_kept
-from expman._state import Leaf, Slot, state_leaves, state_slots, to_leaf
+from expman._state import Bits, Leaf, Slot, state_leaves, state_slots, to_leaf
 from expman._writer import BackgroundWriter
 
 __all__ = ["CheckpointManager", "RestoreReport"]
@@ -134,7 +139,7 @@ class CheckpointManager:
         self._started_empty = self._latest_step is None
         self._saved_any = False
         self._last_save_time = time.monotonic()
-        self._pending: tuple[int, Mapping[str, Any], Mapping[str, float]] | None = None
+        self._pending: tuple[int, Any, Mapping[str, float]] | None = None
         self._restored_step: int | None = None
         self._closed = False
         with contextlib.suppress(OSError):  # a read-only directory can still be restored
@@ -146,7 +151,7 @@ class CheckpointManager:
     def save(
         self,
         step: int,
-        state: Mapping[str, Any],
+        state: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         *,
         metrics: Mapping[str, float] | None = None,
         force: bool = False,
@@ -154,8 +159,10 @@ class CheckpointManager:
         """Save ``state`` as ``step`` if the policy says so (or ``force``).
 
         Call it after every training step: it returns at once when the policy
-        says not to save. Returns whether a checkpoint was written (scheduled,
-        with ``async_save``).
+        says not to save. ``state`` may be a function returning the state; it
+        is called only when a checkpoint is written (so a framework adapter
+        copies tensors off the device only then). Returns whether a checkpoint
+        was written (scheduled, with ``async_save``).
 
         Raises:
             UnsupportedStateError: a value cannot be stored; nothing is written.
@@ -177,7 +184,12 @@ class CheckpointManager:
             self._save_now(step, state, metrics)
         return decide
 
-    def _save_now(self, step: int, state: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def _save_now(
+        self,
+        step: int,
+        state: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+        metrics: Mapping[str, float],
+    ) -> None:
         if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
             raise ValueError(f"step must be an integer >= 0, got {step!r}")
         step = int(step)
@@ -187,7 +199,7 @@ class CheckpointManager:
                 f"{self._latest_step}, and checkpoints are never overwritten; restore it "
                 "first (restore_latest) or use another directory"
             )
-        leaves = state_leaves(state)
+        leaves = state_leaves(state() if callable(state) else state)
         if self._writer is None:
             self._write(step, leaves, metrics)
         else:
@@ -297,7 +309,7 @@ class CheckpointManager:
             buffer = np.empty(leaf.value.shape, leaf.value.dtype)
             self._staging[leaf.name] = buffer
         np.copyto(buffer, leaf.value)
-        return Leaf(leaf.name, leaf.kind, buffer)
+        return Leaf(leaf.name, leaf.kind, buffer, leaf.bits_dtype)
 
     def _raise_background_error(self, *, wait: bool = True) -> None:
         """Raise the failure of an asynchronous save, waiting for it unless ``wait`` is False."""
@@ -382,20 +394,51 @@ class CheckpointManager:
     def _restore(
         self, into: MutableMapping[str, Any], step: int | None, partial: bool | None
     ) -> int:
+        meta = self.checkpoint_for_restore(step)
+        if meta is None:
+            self.last_restore = None
+            return 0
+        slots = state_slots(into)
+        model = _architecture([to_leaf(n, s.value) for n, s in slots.items()], self.model_config)
         # Warnings point at the caller of restore() / restore_latest().
+        diff = self.check_architecture(meta, model, partial=partial, stacklevel=4)
+        destinations = {n: _unwrap(slots[n].value) for n in diff.matching}
+        for name, value in self.read(meta, names=diff.matching, into=destinations).items():
+            _assign(slots[name], value)
+        self.report_restore(meta, diff, stacklevel=4)
+        return meta.step
+
+    def checkpoint_for_restore(self, step: int | None = None) -> CheckpointMetadata | None:
+        """The checkpoint a restore would read (its metadata), or None if there is none.
+
+        The latest checkpoint, or ``step``; under ``expman run --from-checkpoint``,
+        the other experiment's checkpoint while this directory has none.
+        """
         self._raise_background_error()
-        if partial is None:
-            partial = self._partial_default
         path = self._find(step)
         if path is None and step is None and self._warm_start is not None:
             path = self._warm_start
-        if path is None:
-            self.last_restore = None
-            return 0
-        meta = self._catalog.metadata(path)
-        slots = state_slots(into)
-        model = _architecture([to_leaf(n, s.value) for n, s in slots.items()], self.model_config)
-        diff = compare_architectures(meta.architecture, model)
+        return None if path is None else self._catalog.metadata(path)
+
+    def check_architecture(
+        self,
+        meta: CheckpointMetadata,
+        model: Architecture,
+        *,
+        recorded: Architecture | None = None,
+        partial: bool | None = None,
+        stacklevel: int = 2,
+    ) -> ArchitectureDiff:
+        """Compare a checkpoint's architecture with the model's, before reading any tensor.
+
+        Raises :class:`ArchitectureMismatchError` if the tensors differ, unless
+        ``partial``; warns if only the model config differs. ``recorded``
+        replaces the checkpoint's architecture (a framework adapter passes the
+        part that describes the model).
+        """
+        if partial is None:
+            partial = self._partial_default
+        diff = compare_architectures(recorded or meta.architecture, model)
         if not diff.tensors_match and not partial:
             error = ArchitectureMismatchError(
                 diff,
@@ -410,14 +453,17 @@ class CheckpointManager:
                 f"checkpoint {meta.path} was saved with another model config, with the "
                 "same tensors: " + "; ".join(diff.config_lines()),
                 ModelConfigChangedWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-        values = read_tensors(meta, diff.matching, {n: slots[n].value for n in diff.matching})
-        for name, value in values.items():
-            _assign(slots[name], value)
+        return diff
+
+    def report_restore(
+        self, meta: CheckpointMetadata, diff: ArchitectureDiff, *, stacklevel: int = 2
+    ) -> RestoreReport:
+        """Record a finished restore (:attr:`last_restore`), warning about what was skipped."""
         report = RestoreReport(meta.step, meta.path, diff.matching, tuple(diff.lines()))
         self.last_restore = report
-        if path.parent == self.directory:
+        if meta.path.parent == self.directory:
             self._restored_step = meta.step
         if report.skipped:
             warnings.warn(
@@ -426,16 +472,36 @@ class CheckpointManager:
                     f"restored, {len(report.skipped)} skipped: " + "; ".join(report.skipped),
                     report,
                 ),
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-        return meta.step
+        return report
 
-    def load(self, step: int | None = None) -> dict[str, Any]:
-        """Read a whole checkpoint (the latest by default) as ``{name: value}``."""
+    def load(
+        self,
+        step: int | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        into: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Read tensors of a checkpoint (the latest by default) as ``{name: value}``.
+
+        No architecture check: :meth:`restore` is the guarded way into a model.
+        ``names`` limits what is read; arrays in ``into`` with the right shape
+        and dtype are filled in place and returned. Checksums are verified.
+        """
         self._raise_background_error()
-        meta = self._catalog.metadata(self._path_of(step))
-        names = [record.name for record in meta.tensors]
-        return read_tensors(meta, names, {})
+        return self.read(self._catalog.metadata(self._path_of(step)), names=names, into=into)
+
+    def read(
+        self,
+        checkpoint: CheckpointMetadata,
+        *,
+        names: Sequence[str] | None = None,
+        into: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`load` for a checkpoint already chosen (see :meth:`checkpoint_for_restore`)."""
+        wanted = [r.name for r in checkpoint.tensors] if names is None else list(names)
+        return read_tensors(checkpoint, wanted, dict(into or {}))
 
     def _path_of(self, step: int | None) -> Path:
         path = self._find(step)
@@ -470,6 +536,11 @@ class CheckpointManager:
 
 def _architecture(leaves: list[Leaf], config: Mapping[str, Any]) -> Architecture:
     return Architecture.of((TensorSpec(l.name, l.shape, l.dtype) for l in leaves), config)
+
+
+def _unwrap(value: Any) -> Any:
+    """The array a restore can fill in place: Bits are filled through their array."""
+    return value.array if isinstance(value, Bits) else value
 
 
 def _assign(slot: Slot, value: Any) -> None:

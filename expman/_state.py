@@ -17,12 +17,29 @@ import numpy as np
 
 from expman._errors import UnsupportedStateError
 
-__all__ = ["Leaf", "LeafKind", "Slot", "state_leaves", "state_slots", "to_leaf"]
+__all__ = ["Bits", "Leaf", "LeafKind", "Slot", "state_leaves", "state_slots", "to_leaf"]
 
-LeafKind = Literal["array", "numpy", "bool", "int", "float", "str"]
+LeafKind = Literal["array", "numpy", "bool", "int", "float", "str", "bits"]
 
 _NUMERIC_KINDS = frozenset("biufc")
 _INT64 = np.iinfo(np.int64)
+
+
+@dataclass(frozen=True)
+class Bits:
+    """A tensor of a dtype numpy lacks (``bfloat16``, ``float8_e4m3fn``, ...).
+
+    ``array`` holds its raw bits as unsigned integers of the same width; it is
+    stored as such, and ``dtype`` is recorded as the tensor's dtype (so the
+    architecture check tells bfloat16 from float16). Restored as ``Bits``.
+
+    Example:
+        >>> bits = bf16.view(torch.int16).numpy().view(np.uint16)  # doctest: +SKIP
+        >>> Bits(bits, "bfloat16")  # doctest: +SKIP
+    """
+
+    array: np.ndarray[Any, Any]
+    dtype: str
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,7 @@ class Leaf:
     name: str
     kind: LeafKind
     value: np.ndarray[Any, Any] | str
+    bits_dtype: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -46,6 +64,8 @@ class Leaf:
 
     @property
     def dtype(self) -> str:
+        if self.bits_dtype is not None:
+            return self.bits_dtype
         return "str" if isinstance(self.value, str) else self.value.dtype.name
 
 
@@ -103,6 +123,13 @@ def to_leaf(name: str, value: Any) -> Leaf:
     """Check that ``value`` can be stored and convert it to a :class:`Leaf`."""
     if isinstance(value, np.ndarray):
         return Leaf(name, "array", _native(name, value))
+    if isinstance(value, Bits):
+        if value.array.dtype.kind != "u" or not value.dtype.isidentifier():
+            raise UnsupportedStateError(
+                f"state value {name!r} is Bits of {value.array.dtype} named {value.dtype!r}; "
+                "Bits holds unsigned integers and a dtype name such as 'bfloat16'"
+            )
+        return Leaf(name, "bits", _native(name, value.array), value.dtype)
     if isinstance(value, np.generic):
         return Leaf(name, "numpy", _native(name, np.asarray(value)))
     if isinstance(value, bool):
