@@ -8,6 +8,7 @@ checkpoints go to a temporary directory.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -138,7 +139,8 @@ def log_metrics(step: int, **metrics: float) -> None:
 
     The log sits in the checkpoint directory: the run's, else that of the last
     CheckpointManager created in this process. ``expman show``, ``log`` and
-    ``compare`` read it.
+    ``compare`` read it. With the ``tensorboard`` extra installed, the metrics
+    are also written as TensorBoard event files in the same directory.
 
     Example:
         >>> expman.log_metrics(200, loss=0.081, accuracy=0.97)  # doctest: +SKIP
@@ -153,10 +155,44 @@ def log_metrics(step: int, **metrics: float) -> None:
             "log_metrics needs a checkpoint directory: create an expman.CheckpointManager "
             "first, or run the script with expman run"
         )
-    event = {"step": int(step), "time": time.time(), "metrics": _floats(metrics)}
+    values = _floats(metrics)
+    event = {"step": int(step), "time": time.time(), "metrics": values}
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / EVENTS_NAME, "a", encoding="utf-8") as log:
         log.write(json.dumps(event, allow_nan=True) + "\n")
+    writer = _tensorboard_writer(directory)
+    if writer is not None:
+        for name, value in values.items():
+            writer.add_scalar(name, value, int(step))
+
+
+_writers: dict[Path, Any] = {}
+
+
+def _tensorboard_writer(directory: Path) -> Any:
+    """A TensorBoard event writer for ``directory``, if tensorboardX is installed.
+
+    tensorboardX (the ``tensorboard`` extra) writes the event format, so that
+    ``tensorboard --logdir`` shows the metrics with no extra code. It writes
+    in the background every 10 seconds; the writers are closed (everything
+    written) when the process exits.
+    """
+    if directory not in _writers:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            _writers[directory] = None
+        else:
+            if not _writers:
+                atexit.register(_close_writers)
+            _writers[directory] = SummaryWriter(logdir=str(directory), flush_secs=10)
+    return _writers[directory]
+
+
+def _close_writers() -> None:
+    for writer in _writers.values():
+        if writer is not None:
+            writer.close()
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,27 @@ def test_log_metrics_writes_beside_the_last_managers_checkpoints(
 
 def test_current_run_is_none_outside_expman_run(project: Path) -> None:
     assert expman.current_run() is None
+
+
+def test_metrics_are_also_tensorboard_event_files(project: Path) -> None:
+    if not os.environ.get("CI"):
+        pytest.importorskip("tensorboardX")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    script = (
+        "import expman\n"
+        "expman.CheckpointManager('model_dir')\n"
+        "for step in (1, 2, 3):\n"
+        "    expman.log_metrics(step, loss=1.0 / step, accuracy=step / 4)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=project, check=True)
+    directory = project / "model_dir"
+    assert len(list(directory.glob("events.out.tfevents.*"))) == 1
+    reader = EventAccumulator(str(directory))
+    reader.Reload()
+    assert sorted(reader.Tags()["scalars"]) == ["accuracy", "loss"]
+    assert [(e.step, round(e.value, 4)) for e in reader.Scalars("loss")] == [
+        (1, 1.0),
+        (2, 0.5),
+        (3, 0.3333),
+    ]
