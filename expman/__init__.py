@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from expman._policy import CheckpointPolicy
     from expman._runner import RunOptions, RunResult, run_experiment
     from expman._runtime import current_run, log_metrics, params
+    from expman._state import Bits
     from expman._workspace import Workspace
 
 _LOCATIONS = {
@@ -98,6 +99,7 @@ _LOCATIONS = {
     "_policy": ["CheckpointPolicy"],
     "_runner": ["RunOptions", "RunResult", "run_experiment"],
     "_runtime": ["current_run", "log_metrics", "params"],
+    "_state": ["Bits"],
     "_workspace": ["Workspace"],
 }
 _MODULE_OF = {name: module for module, names in _LOCATIONS.items() for name in names}

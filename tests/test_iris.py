@@ -88,7 +88,9 @@ def test_init_template_refuses_to_overwrite(tmp_path: Path) -> None:
     assert sorted(p.name for p in repo.iterdir()) == [".git", "train.py"]
     unknown = expman(repo, "init", "--template", "mnist")
     assert unknown.returncode == 11
-    assert unknown.stderr == "expman: error: unknown template 'mnist': available templates: iris\n"
+    assert unknown.stderr == (
+        "expman: error: unknown template 'mnist': available templates: iris, torch\n"
+    )
     (repo / "train.py").unlink()
     added = expman(repo, "init", "--template", "iris")
     assert added.returncode == 0, added.stderr

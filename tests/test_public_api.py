@@ -16,6 +16,7 @@ def test_all_is_sorted_and_pinned() -> None:
         "Architecture",
         "ArchitectureDiff",
         "ArchitectureMismatchError",
+        "Bits",
         "CheckpointCorruptError",
         "CheckpointError",
         "CheckpointExistsError",

@@ -216,3 +216,30 @@ def expman_errors():  # type: ignore[no-untyped-def]
     import expman
 
     return expman
+
+
+def test_the_torch_template_trains_and_resumes_through_the_cli(tmp_path: Path) -> None:
+    from tests.cli import expman
+    from tests.conftest import git
+
+    project = tmp_path / "moons"
+    env = {
+        "GIT_AUTHOR_NAME": "Ada",
+        "GIT_AUTHOR_EMAIL": "ada@example.com",
+        "GIT_COMMITTER_NAME": "Ada",
+        "GIT_COMMITTER_EMAIL": "ada@example.com",
+    }
+    assert expman(tmp_path, "init", "--template", "torch", str(project), env=env).returncode == 0
+    git(project, "config", "user.name", "Ada")
+    git(project, "config", "user.email", "ada@example.com")
+    assert expman(project, "new", "base", "--set", "steps=100").returncode == 0
+    first = expman(project, "run", "base")
+    assert first.returncode == 0, first.stderr
+    assert "no checkpoint: starting from step 0" in first.stdout
+    second = expman(project, "run", "base")
+    assert second.returncode == 0, second.stderr
+    assert "restored step 100" in second.stdout
+    accuracy = float(second.stdout.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.9  # two moons are easy for an MLP; chance is 0.5
+    steps = sorted(p.name for p in (project / ".expman/checkpoints/base").glob("ckpt-*.h5"))
+    assert steps == ["ckpt-000001.h5", "ckpt-000100.h5", "ckpt-000200.h5"]
