@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import expman
-from bench._timing import median, table, timed
+from bench._timing import fsync_path, median, settled, table
 from expman import CheckpointManager, CheckpointPolicy
 
 POLICY = CheckpointPolicy(keep_max=None)
@@ -49,12 +49,6 @@ def make_state(size_mib: int) -> dict[str, np.ndarray[Any, Any]]:
     for i in range(64):
         state[f"dnn/block_{i}/bias"] = rng.standard_normal(4096, dtype=np.float32)
     return state
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
 
 
 def raw_write(path: Path, state: dict[str, np.ndarray[Any, Any]]) -> None:
@@ -103,12 +97,6 @@ def run(size_mib: int, repeats: int, directory: Path) -> dict[str, list[float]]:
             samples.setdefault(name, []).append(seconds)
         shutil.rmtree(work)
     return samples
-
-
-def settled(work: Callable[[], object]) -> float:
-    """Time ``work`` after the disk has written back everything pending."""
-    os.sync()
-    return timed(work)
 
 
 def one_repeat(

@@ -12,7 +12,6 @@ os.sync(). safetensors is measured if it is installed.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 import expman.torch
-from bench._timing import median, table, timed
+from bench._timing import fsync_path, median, settled, table
 from expman import CheckpointManager, CheckpointPolicy
 
 try:
@@ -33,12 +32,6 @@ except ImportError:  # measured only where installed
 def build(layers: int, width: int) -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(*(torch.nn.Linear(width, width) for _ in range(layers)))
-
-
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
 
 
 def contenders(
@@ -57,7 +50,7 @@ def contenders(
 
     def torch_save() -> None:
         torch.save(model.state_dict(), pt)
-        fsync(pt)
+        fsync_path(pt)
 
     def torch_restore() -> None:
         fresh.load_state_dict(torch.load(pt, weights_only=True))
@@ -70,18 +63,13 @@ def contenders(
 
         def st_save() -> None:
             safetensors.save_file(model.state_dict(), st)
-            fsync(st)
+            fsync_path(st)
 
         def st_restore() -> None:
             fresh.load_state_dict(safetensors.load_file(st))
 
         found["safetensors"] = (st_save, st_restore)
     return found
-
-
-def settled(work: Callable[[], object]) -> float:
-    os.sync()
-    return timed(work)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from expman._errors import (
 )
 from expman._format import CheckpointMetadata, read_tensors, write_checkpoint
 from expman._policy import CheckpointPolicy, select_kept
-from expman._state import Bits, Leaf, Slot, state_leaves, state_slots, to_leaf
+from expman._state import Leaf, Slot, fillable, state_leaves, state_slots, to_leaf
 from expman._writer import BackgroundWriter
 
 __all__ = ["CheckpointManager", "RestoreReport"]
@@ -402,7 +402,7 @@ class CheckpointManager:
         model = _architecture([to_leaf(n, s.value) for n, s in slots.items()], self.model_config)
         # Warnings point at the caller of restore() / restore_latest().
         diff = self.check_architecture(meta, model, partial=partial, stacklevel=4)
-        destinations = {n: _unwrap(slots[n].value) for n in diff.matching}
+        destinations = {n: fillable(slots[n].value) for n in diff.matching}
         for name, value in self.read(meta, names=diff.matching, into=destinations).items():
             _assign(slots[name], value)
         self.report_restore(meta, diff, stacklevel=4)
@@ -536,11 +536,6 @@ class CheckpointManager:
 
 def _architecture(leaves: list[Leaf], config: Mapping[str, Any]) -> Architecture:
     return Architecture.of((TensorSpec(l.name, l.shape, l.dtype) for l in leaves), config)
-
-
-def _unwrap(value: Any) -> Any:
-    """The array a restore can fill in place: Bits are filled through their array."""
-    return value.array if isinstance(value, Bits) else value
 
 
 def _assign(slot: Slot, value: Any) -> None:

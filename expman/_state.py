@@ -17,7 +17,16 @@ import numpy as np
 
 from expman._errors import UnsupportedStateError
 
-__all__ = ["Bits", "Leaf", "LeafKind", "Slot", "state_leaves", "state_slots", "to_leaf"]
+__all__ = [
+    "Bits",
+    "Leaf",
+    "LeafKind",
+    "Slot",
+    "fillable",
+    "state_leaves",
+    "state_slots",
+    "to_leaf",
+]
 
 LeafKind = Literal["array", "numpy", "bool", "int", "float", "str", "bits"]
 
@@ -40,6 +49,11 @@ class Bits:
 
     array: np.ndarray[Any, Any]
     dtype: str
+
+
+def fillable(value: Any) -> Any:
+    """What a restore fills in place for a state value: a Bits' array, else the value."""
+    return value.array if isinstance(value, Bits) else value
 
 
 @dataclass(frozen=True)

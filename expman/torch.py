@@ -37,7 +37,7 @@ import torch
 from expman._architecture import Architecture, TensorSpec
 from expman._errors import UnsupportedStateError
 from expman._manager import CheckpointManager
-from expman._state import Bits
+from expman._state import Bits, fillable
 
 __all__ = ["restore", "save", "state_of"]
 
@@ -244,7 +244,7 @@ def restore(
     values = manager.read(
         meta,
         names=[*diff.matching, *extra],
-        into={n: _unwrap(targets[n]) for n in diff.matching},
+        into={n: fillable(targets[n]) for n in diff.matching},
     )
     with torch.no_grad():
         for name in diff.matching:
@@ -272,12 +272,8 @@ def _host_target(tensor: torch.Tensor) -> np.ndarray[Any, Any] | Bits:
     return _to_numpy(torch.empty_like(tensor, device="cpu"))
 
 
-def _unwrap(value: Any) -> Any:
-    return value.array if isinstance(value, Bits) else value
-
-
 def _shares_memory(target: Any, value: Any) -> bool:
-    return _unwrap(target) is _unwrap(value) and isinstance(_unwrap(value), np.ndarray)
+    return fillable(target) is fillable(value) and isinstance(fillable(value), np.ndarray)
 
 
 def _restore_optimizer(
