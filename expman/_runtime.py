@@ -9,6 +9,7 @@ checkpoints go to a temporary directory.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import sys
@@ -85,14 +86,19 @@ class RunEnvironment:
 
 def current_run() -> RunEnvironment | None:
     """The run this process was started by, or None outside ``expman run``."""
+    run_id = os.environ.get(ENV_RUN_ID)
+    return None if run_id is None else _run_from_environment(run_id)
+
+
+@functools.cache
+def _run_from_environment(run_id: str) -> RunEnvironment:
+    # Parsed once per run: log_metrics calls current_run() at every step.
     env = os.environ
-    if ENV_RUN_ID not in env:
-        return None
     warm = env.get(ENV_WARM_START)
     return RunEnvironment(
         workspace=Path(env[ENV_WORKSPACE]),
         experiment=env[ENV_EXPERIMENT],
-        run_id=env[ENV_RUN_ID],
+        run_id=run_id,
         run_dir=Path(env[ENV_RUN_DIR]),
         code_commit=env[ENV_CODE_COMMIT],
         checkpoint_dir=Path(env[ENV_CHECKPOINT_DIR]),
