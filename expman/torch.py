@@ -59,7 +59,8 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray[Any, Any] | Bits:
     if name is not None:
         carrier, unsigned = _UINT[host.element_size()]
         return Bits(host.view(carrier).numpy().view(unsigned), name)
-    return host.numpy()
+    array: np.ndarray[Any, Any] = host.numpy()
+    return array
 
 
 def _to_torch(value: Any, like: torch.Tensor | None = None) -> torch.Tensor:
