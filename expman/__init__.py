@@ -17,15 +17,6 @@ from typing import TYPE_CHECKING, Any
 from expman._version import __version__
 
 if TYPE_CHECKING:
-    from expman._architecture import (
-        Architecture,
-        ArchitectureDiff,
-        DtypeChange,
-        ShapeChange,
-        TensorSpec,
-        compare_architectures,
-    )
-    from expman._catalog import CheckpointInfo
     from expman._errors import (
         ArchitectureMismatchError,
         CheckpointCorruptError,
@@ -51,16 +42,25 @@ if TYPE_CHECKING:
         UnsupportedStateError,
         UsageError,
     )
-    from expman._format import CheckpointMetadata, TensorRecord, read_metadata
-    from expman._manager import CheckpointManager, RestoreReport
-    from expman._policy import CheckpointPolicy
-    from expman._runner import RunOptions, RunResult, run_experiment
-    from expman._runtime import current_run, log_metrics, params
-    from expman._state import Bits
-    from expman._workspace import Workspace
+    from expman.checkpoints._architecture import (
+        Architecture,
+        ArchitectureDiff,
+        DtypeChange,
+        ShapeChange,
+        TensorSpec,
+        compare_architectures,
+    )
+    from expman.checkpoints._catalog import CheckpointInfo
+    from expman.checkpoints._format import CheckpointMetadata, TensorRecord, read_metadata
+    from expman.checkpoints._manager import CheckpointManager, RestoreReport
+    from expman.checkpoints._policy import CheckpointPolicy
+    from expman.checkpoints._state import Bits
+    from expman.experiments._runner import RunOptions, RunResult, run_experiment
+    from expman.experiments._runtime import current_run, log_metrics, params
+    from expman.experiments._workspace import Workspace
 
 _LOCATIONS = {
-    "_architecture": [
+    "checkpoints._architecture": [
         "Architecture",
         "ArchitectureDiff",
         "DtypeChange",
@@ -68,7 +68,7 @@ _LOCATIONS = {
         "TensorSpec",
         "compare_architectures",
     ],
-    "_catalog": ["CheckpointInfo"],
+    "checkpoints._catalog": ["CheckpointInfo"],
     "_errors": [
         "ArchitectureMismatchError",
         "CheckpointCorruptError",
@@ -94,13 +94,13 @@ _LOCATIONS = {
         "UnsupportedStateError",
         "UsageError",
     ],
-    "_format": ["CheckpointMetadata", "TensorRecord", "read_metadata"],
-    "_manager": ["CheckpointManager", "RestoreReport"],
-    "_policy": ["CheckpointPolicy"],
-    "_runner": ["RunOptions", "RunResult", "run_experiment"],
-    "_runtime": ["current_run", "log_metrics", "params"],
-    "_state": ["Bits"],
-    "_workspace": ["Workspace"],
+    "checkpoints._format": ["CheckpointMetadata", "TensorRecord", "read_metadata"],
+    "checkpoints._manager": ["CheckpointManager", "RestoreReport"],
+    "checkpoints._policy": ["CheckpointPolicy"],
+    "experiments._runner": ["RunOptions", "RunResult", "run_experiment"],
+    "experiments._runtime": ["current_run", "log_metrics", "params"],
+    "checkpoints._state": ["Bits"],
+    "experiments._workspace": ["Workspace"],
 }
 _MODULE_OF = {name: module for module, names in _LOCATIONS.items() for name in names}
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from expman._architecture import ArchitectureDiff
+    from expman.checkpoints._architecture import ArchitectureDiff
 
 __all__ = [
     "ArchitectureMismatchError",

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from expman._architecture import Architecture, TensorSpec
 from expman._errors import UnsupportedStateError
-from expman._manager import CheckpointManager
-from expman._state import Bits, fillable
+from expman.checkpoints._architecture import Architecture, TensorSpec
+from expman.checkpoints._manager import CheckpointManager
+from expman.checkpoints._state import Bits, fillable
 
 __all__ = ["restore", "save", "state_of"]
 

@@ -2,7 +2,7 @@
 
 Each trial forks a child that resumes from the directory and saves further
 steps; the child is killed at an exact durability phase (through
-``expman._durable.phase_hook``) or at a random instant. After every kill the
+``expman.checkpoints._durable.phase_hook``) or at a random instant. After every kill the
 parent checks that the latest checkpoint restores bit-exactly to the state of
 either the last step the child reported as saved or the one it was writing,
 that no reported step newer than what retention may delete was lost, and that
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-import expman._durable
+import expman.checkpoints._durable
 from expman import CheckpointIndexWarning, CheckpointManager, CheckpointPolicy
 
 POLICY = CheckpointPolicy(save_every_steps=1, keep_max=2, save_every_secs=None)
@@ -43,7 +43,7 @@ def state_at(step: int) -> dict[str, Any]:
 
 def run_child(directory: Path, hook: Callable[[str], None] | None, saves: int, report: int) -> None:
     """In the forked child: resume, then save ``saves`` more steps."""
-    expman._durable.phase_hook = hook
+    expman.checkpoints._durable.phase_hook = hook
     warnings.simplefilter("ignore")
     manager = CheckpointManager(directory, policy=POLICY)
     state = state_at(0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import expman
-import expman._manager
+import expman.checkpoints._manager
 from expman import (
     ArchitectureMismatchError,
     CheckpointExistsError,
@@ -39,7 +39,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(expman._manager.time, "monotonic", fake)
+    monkeypatch.setattr(expman.checkpoints._manager.time, "monotonic", fake)
     return fake
 
 
@@ -393,7 +393,7 @@ def test_async_failure_is_raised_at_the_next_call(
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(expman._manager, "write_checkpoint", full_disk)
+    monkeypatch.setattr(expman.checkpoints._manager, "write_checkpoint", full_disk)
     manager = CheckpointManager(ckpt_dir, async_save=True)
     state = {"w": np.zeros(3)}
     assert manager.save(1, state)
@@ -416,13 +416,13 @@ def test_async_save_does_not_wait_for_the_write_in_flight_unless_it_writes(
     import threading
 
     release = threading.Event()
-    real_write = expman._manager.write_checkpoint
+    real_write = expman.checkpoints._manager.write_checkpoint
 
     def slow_write(*args: Any, **kwargs: Any) -> None:
         release.wait(timeout=10)
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(expman._manager, "write_checkpoint", slow_write)
+    monkeypatch.setattr(expman.checkpoints._manager, "write_checkpoint", slow_write)
     manager = CheckpointManager(ckpt_dir, async_save=True)
     state = {"w": np.zeros(3)}
     assert manager.save(1, state)  # in flight until released

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from expman import CheckpointPolicy
-from expman._policy import select_kept
+from expman.checkpoints._policy import select_kept
 
 
 @dataclass(frozen=True)

@@ -84,12 +84,14 @@ def test_import_expman_and_the_cli_load_neither_numpy_nor_h5py() -> None:
 
 
 def test_only_the_format_module_imports_h5py() -> None:
-    users = sorted(p.name for p in PACKAGE.rglob("*.py") if "h5py" in imports_of(p))
-    assert users == ["_format.py"]
+    users = sorted(
+        p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "h5py" in imports_of(p)
+    )
+    assert users == ["checkpoints/_format.py"]
 
 
 def test_the_architecture_comparison_is_pure() -> None:
-    assert imports_of(PACKAGE / "_architecture.py") <= {
+    assert imports_of(PACKAGE / "checkpoints" / "_architecture.py") <= {
         "__future__",
         "collections",
         "dataclasses",
@@ -101,12 +103,12 @@ def test_the_architecture_comparison_is_pure() -> None:
 
 def test_only_the_gitrepo_module_runs_git() -> None:
     users = sorted(
-        p.name
+        p.relative_to(PACKAGE).as_posix()
         for p in PACKAGE.rglob("*.py")
         if '"git"' in p.read_text() or "'git'" in p.read_text()
     )
-    assert users == ["_gitrepo.py"]
-    assert 'shutil.which("git")' in (PACKAGE / "_gitrepo.py").read_text()
+    assert users == ["experiments/_gitrepo.py"]
+    assert 'shutil.which("git")' in (PACKAGE / "experiments" / "_gitrepo.py").read_text()
 
 
 def test_nothing_unpickles() -> None:

@@ -50,13 +50,13 @@ def compare(
     Only parameters that differ are shown unless --all; the better value of
     each metric is marked with *. An experiment is its latest run, or NAME@RUN.
     """
-    from expman._compare import code_diff, compare_experiments
-    from expman._workspace import Workspace
+    from expman.experiments._workspace import Workspace
+    from expman.review._compare import code_diff, compare_experiments
 
     workspace = Workspace.open()
     result = compare_experiments(workspace, experiments, key_metric=workspace.config.key_metric)
     if html is not None:
-        from expman._report import render_report
+        from expman.review._report import render_report
 
         report = render_report(
             result,

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from expman._errors import UsageError
-from expman._workspace import Workspace
 from expman.cli._output import note
+from expman.experiments._workspace import Workspace
 
 __all__ = ["register"]
 

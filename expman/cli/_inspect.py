@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from expman._workspace import ExperimentSummary, Workspace
 from expman.cli._output import echo_json, format_number, table
+from expman.experiments._workspace import ExperimentSummary, Workspace
 
 __all__ = ["register"]
 
@@ -54,7 +54,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = Fal
 
 
 def _details(workspace: Workspace, name: str) -> dict[str, Any]:
-    from expman._catalog import CheckpointDirectory
+    from expman.checkpoints._catalog import CheckpointDirectory
 
     summary = workspace.summary(name)
     directory = workspace.checkpoint_dir(name)

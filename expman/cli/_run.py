@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from expman._runner import RunOptions, run_experiment
-from expman._workspace import Workspace
 from expman.cli._experiments import SET_HELP
 from expman.cli._output import note
+from expman.experiments._runner import RunOptions, run_experiment
+from expman.experiments._workspace import Workspace
 
 __all__ = ["register"]
 

@@ -14,15 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expman._config import (
-    CONFIG_NAME,
-    AssignmentResult,
-    WorkspaceConfig,
-    apply_assignments,
-    default_config_text,
-    parse_assignment,
-    parse_config,
-)
 from expman._errors import (
     ConfigError,
     ExperimentExistsError,
@@ -31,10 +22,19 @@ from expman._errors import (
     RepositoryError,
     UsageError,
 )
-from expman._gitrepo import GitRepo, RefInfo
-from expman._lock import ExperimentLock
-from expman._names import ExperimentRef, validate_name
-from expman._records import new_experiment_message, parse_metrics, record_directory
+from expman.experiments._config import (
+    CONFIG_NAME,
+    AssignmentResult,
+    WorkspaceConfig,
+    apply_assignments,
+    default_config_text,
+    parse_assignment,
+    parse_config,
+)
+from expman.experiments._gitrepo import GitRepo, RefInfo
+from expman.experiments._lock import ExperimentLock
+from expman.experiments._names import ExperimentRef, validate_name
+from expman.experiments._records import new_experiment_message, parse_metrics, record_directory
 
 __all__ = [
     "STATE_DIR",

@@ -27,12 +27,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from expman._catalog import CheckpointDirectory
-from expman._config import CONFIG_NAME, apply_assignments, parse_assignment, parse_config
 from expman._errors import CheckpointError, CheckpointNotFoundError, CommandNotFoundError
-from expman._gitrepo import RefUpdateError
-from expman._names import validate_name
-from expman._records import (
+from expman.checkpoints._catalog import CheckpointDirectory
+from expman.experiments._config import (
+    CONFIG_NAME,
+    apply_assignments,
+    parse_assignment,
+    parse_config,
+)
+from expman.experiments._gitrepo import RefUpdateError
+from expman.experiments._names import validate_name
+from expman.experiments._records import (
     CheckpointEntry,
     RunRecord,
     RunStatus,
@@ -40,8 +45,8 @@ from expman._records import (
     run_message,
     set_params_message,
 )
-from expman._runtime import REFUSAL_NAME, RunEnvironment, read_events
-from expman._workspace import Workspace
+from expman.experiments._runtime import REFUSAL_NAME, RunEnvironment, read_events
+from expman.experiments._workspace import Workspace
 
 __all__ = [
     "RunOptions",

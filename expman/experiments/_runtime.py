@@ -20,8 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from expman._config import CONFIG_NAME, parse_config
 from expman._errors import ArchitectureMismatchError, ConfigError
+from expman.experiments._config import CONFIG_NAME, parse_config
 
 __all__ = [
     "EVENTS_NAME",

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from expman._errors import ConfigError, InvalidAssignmentError
-from expman._names import DEFAULT_PREFIX
-from expman._policy import CheckpointPolicy
+from expman.checkpoints._policy import CheckpointPolicy
+from expman.experiments._names import DEFAULT_PREFIX
 
 __all__ = [
     "CONFIG_NAME",

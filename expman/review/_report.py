@@ -15,9 +15,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from expman._compare import Comparison
-from expman._runtime import read_events
 from expman._version import __version__
+from expman.experiments._runtime import read_events
+from expman.review._compare import Comparison
 
 __all__ = ["metric_series", "render_report", "svg_chart"]
 

@@ -20,11 +20,11 @@ import h5py
 import numpy as np
 import xxhash
 
-from expman._architecture import Architecture, TensorSpec
-from expman._durable import phase
 from expman._errors import CheckpointCorruptError, CheckpointFormatError
-from expman._state import Bits, Leaf, LeafKind
 from expman._version import __version__
+from expman.checkpoints._architecture import Architecture, TensorSpec
+from expman.checkpoints._durable import phase
+from expman.checkpoints._state import Bits, Leaf, LeafKind
 
 __all__ = [
     "FORMAT_NAME",

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from expman._config import CONFIG_NAME, parse_config
 from expman._errors import ExperimentNotFoundError, UsageError
-from expman._records import RECORDS_DIR, record_directory
-from expman._runner import lower_is_better
-from expman._workspace import RunSummary, Workspace
+from expman.experiments._config import CONFIG_NAME, parse_config
+from expman.experiments._records import RECORDS_DIR, record_directory
+from expman.experiments._runner import lower_is_better
+from expman.experiments._workspace import RunSummary, Workspace
 
 __all__ = ["Comparison", "Variant", "compare_experiments", "parse_variant"]
 

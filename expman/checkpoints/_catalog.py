@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expman._durable import fsync_directory, phase, write_text_atomically
 from expman._errors import CheckpointError, CheckpointIndexWarning
+from expman.checkpoints._durable import fsync_directory, phase, write_text_atomically
 
 if TYPE_CHECKING:
-    from expman._format import CheckpointMetadata
+    from expman.checkpoints._format import CheckpointMetadata
 
 __all__ = ["INDEX_NAME", "CheckpointDirectory", "CheckpointInfo", "checkpoint_filename"]
 
@@ -84,7 +84,7 @@ class CheckpointDirectory:
         if key not in self._metadata:
             # Imported here: h5py and numpy take ~0.2 s to import, and listing
             # steps or pins (as the CLI does) must not pay for them.
-            from expman._format import read_metadata
+            from expman.checkpoints._format import read_metadata
 
             try:
                 self._metadata[key] = read_metadata(path)

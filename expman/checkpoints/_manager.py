@@ -16,20 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from expman import _runtime
-from expman._architecture import (
-    Architecture,
-    ArchitectureDiff,
-    TensorSpec,
-    compare_architectures,
-)
-from expman._catalog import CheckpointDirectory, CheckpointInfo, checkpoint_filename
-from expman._durable import (
-    commit_file,
-    describe_os_error,
-    remove_stale_temporaries,
-    temporary_path,
-)
 from expman._errors import (
     ArchitectureMismatchError,
     CheckpointExistsError,
@@ -40,10 +26,24 @@ from expman._errors import (
     ModelConfigChangedWarning,
     PartialRestoreWarning,
 )
-from expman._format import CheckpointMetadata, read_tensors, write_checkpoint
-from expman._policy import CheckpointPolicy, select_kept
-from expman._state import Leaf, Slot, fillable, state_leaves, state_slots, to_leaf
-from expman._writer import BackgroundWriter
+from expman.checkpoints._architecture import (
+    Architecture,
+    ArchitectureDiff,
+    TensorSpec,
+    compare_architectures,
+)
+from expman.checkpoints._catalog import CheckpointDirectory, CheckpointInfo, checkpoint_filename
+from expman.checkpoints._durable import (
+    commit_file,
+    describe_os_error,
+    remove_stale_temporaries,
+    temporary_path,
+)
+from expman.checkpoints._format import CheckpointMetadata, read_tensors, write_checkpoint
+from expman.checkpoints._policy import CheckpointPolicy, select_kept
+from expman.checkpoints._state import Leaf, Slot, fillable, state_leaves, state_slots, to_leaf
+from expman.checkpoints._writer import BackgroundWriter
+from expman.experiments import _runtime
 
 __all__ = ["CheckpointManager", "RestoreReport"]
 

@@ -1,0 +1,1 @@
+"""Reviewing experiments side by side: the comparison, and its HTML report."""
