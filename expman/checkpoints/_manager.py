@@ -33,6 +33,7 @@ from expman.checkpoints._architecture import (
     compare_architectures,
 )
 from expman.checkpoints._catalog import CheckpointDirectory, CheckpointInfo, checkpoint_filename
+from expman.checkpoints._context import leave_refusal, manager_defaults, remember_directory
 from expman.checkpoints._durable import (
     commit_file,
     describe_os_error,
@@ -43,7 +44,6 @@ from expman.checkpoints._format import CheckpointMetadata, read_tensors, write_c
 from expman.checkpoints._policy import CheckpointPolicy, select_kept
 from expman.checkpoints._state import Leaf, Slot, fillable, state_leaves, state_slots, to_leaf
 from expman.checkpoints._writer import BackgroundWriter
-from expman.experiments import _runtime
 
 __all__ = ["CheckpointManager", "RestoreReport"]
 
@@ -107,9 +107,9 @@ class CheckpointManager:
         model_config: Mapping[str, Any] | None = None,
         compression: str | None = None,
     ) -> None:
-        run = _runtime.current_run()
+        run = manager_defaults()
         if directory is None and run is not None:
-            directory = run.checkpoint_dir
+            directory = run.directory
         elif directory is None:
             directory = tempfile.mkdtemp(prefix="expman-")
             logger.warning("Using temporary directory as checkpoint directory: %s", directory)
@@ -120,7 +120,7 @@ class CheckpointManager:
             raise CheckpointWriteError(
                 f"cannot create checkpoint directory {self.directory}: {describe_os_error(error)}"
             ) from error
-        in_run = run is not None and self.directory == run.checkpoint_dir.absolute()
+        in_run = run is not None and self.directory == run.directory.absolute()
         if policy is None and in_run and run is not None:
             policy = CheckpointPolicy.from_mapping(run.policy)
         self.policy = policy or CheckpointPolicy()
@@ -144,7 +144,7 @@ class CheckpointManager:
         self._closed = False
         with contextlib.suppress(OSError):  # a read-only directory can still be restored
             remove_stale_temporaries(self.directory)
-        _runtime.remember_directory(self.directory)
+        remember_directory(self.directory)
 
     # -- saving ---------------------------------------------------------------
 
@@ -446,7 +446,7 @@ class CheckpointManager:
                 experiment=meta.experiment,
                 code_commit=meta.code_commit,
             )
-            _runtime.record_refusal(error)
+            leave_refusal(error)
             raise error
         if diff.config_changes and diff.tensors_match:
             warnings.warn(

@@ -9,18 +9,16 @@ checkpoints go to a temporary directory.
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from expman._errors import ArchitectureMismatchError, ConfigError
+from expman._errors import ConfigError
+from expman.checkpoints._context import ManagerDefaults, manager_defaults, opened_directories
 from expman.experiments._config import CONFIG_NAME, parse_config
 
 __all__ = [
@@ -30,24 +28,14 @@ __all__ = [
     "log_metrics",
     "params",
     "read_events",
-    "remember_directory",
 ]
 
 EVENTS_NAME = "events.jsonl"
 REFUSAL_NAME = "refusal.json"
 
 ENV_WORKSPACE = "EXPMAN_WORKSPACE"
-ENV_EXPERIMENT = "EXPMAN_EXPERIMENT"
 ENV_RUN_ID = "EXPMAN_RUN_ID"
 ENV_RUN_DIR = "EXPMAN_RUN_DIR"
-ENV_CODE_COMMIT = "EXPMAN_CODE_COMMIT"
-ENV_CHECKPOINT_DIR = "EXPMAN_CHECKPOINT_DIR"
-ENV_PARAMS = "EXPMAN_PARAMS"
-ENV_POLICY = "EXPMAN_CHECKPOINT_POLICY"
-ENV_WARM_START = "EXPMAN_WARM_START"
-ENV_WARM_START_NAME = "EXPMAN_WARM_START_NAME"
-ENV_PARTIAL = "EXPMAN_PARTIAL_RESTORE"
-ENV_DEBUG = "EXPMAN_DEBUG"
 
 
 @dataclass(frozen=True)
@@ -67,46 +55,44 @@ class RunEnvironment:
     partial: bool
 
     def to_env(self) -> dict[str, str]:
-        env = {
+        """The environment of the run's process: the run, and the checkpoint defaults."""
+        defaults = ManagerDefaults(
+            directory=self.checkpoint_dir,
+            policy=self.policy,
+            experiment=self.experiment,
+            code_commit=self.code_commit,
+            params=self.params,
+            warm_start=self.warm_start,
+            warm_start_name=self.warm_start_name,
+            partial=self.partial,
+            refusal_file=self.run_dir / REFUSAL_NAME,
+        )
+        return {
             ENV_WORKSPACE: str(self.workspace),
-            ENV_EXPERIMENT: self.experiment,
             ENV_RUN_ID: self.run_id,
             ENV_RUN_DIR: str(self.run_dir),
-            ENV_CODE_COMMIT: self.code_commit,
-            ENV_CHECKPOINT_DIR: str(self.checkpoint_dir),
-            ENV_PARAMS: json.dumps(self.params),
-            ENV_POLICY: json.dumps(self.policy),
-            ENV_PARTIAL: "1" if self.partial else "0",
+            **defaults.to_env(),
         }
-        if self.warm_start is not None:
-            env[ENV_WARM_START] = str(self.warm_start)
-            env[ENV_WARM_START_NAME] = self.warm_start_name or str(self.warm_start)
-        return env
 
 
 def current_run() -> RunEnvironment | None:
     """The run this process was started by, or None outside ``expman run``."""
     run_id = os.environ.get(ENV_RUN_ID)
-    return None if run_id is None else _run_from_environment(run_id)
-
-
-@functools.cache
-def _run_from_environment(run_id: str) -> RunEnvironment:
-    # Parsed once per run: log_metrics calls current_run() at every step.
-    env = os.environ
-    warm = env.get(ENV_WARM_START)
+    defaults = manager_defaults()
+    if run_id is None or defaults is None:
+        return None
     return RunEnvironment(
-        workspace=Path(env[ENV_WORKSPACE]),
-        experiment=env[ENV_EXPERIMENT],
+        workspace=Path(os.environ.get(ENV_WORKSPACE, "")),
+        experiment=defaults.experiment,
         run_id=run_id,
-        run_dir=Path(env[ENV_RUN_DIR]),
-        code_commit=env[ENV_CODE_COMMIT],
-        checkpoint_dir=Path(env[ENV_CHECKPOINT_DIR]),
-        params=json.loads(env.get(ENV_PARAMS, "{}")),
-        policy=json.loads(env.get(ENV_POLICY, "{}")),
-        warm_start=Path(warm) if warm else None,
-        warm_start_name=env.get(ENV_WARM_START_NAME),
-        partial=env.get(ENV_PARTIAL) == "1",
+        run_dir=Path(os.environ.get(ENV_RUN_DIR, "")),
+        code_commit=defaults.code_commit,
+        checkpoint_dir=defaults.directory,
+        params=defaults.params,
+        policy=defaults.policy,
+        warm_start=defaults.warm_start,
+        warm_start_name=defaults.warm_start_name,
+        partial=defaults.partial,
     )
 
 
@@ -132,14 +118,6 @@ def params() -> dict[str, Any]:
     return dict(parse_config(text, str(path)).params)
 
 
-_directories: list[Path] = []
-
-
-def remember_directory(directory: Path) -> None:
-    """Called by each CheckpointManager: log_metrics writes beside its checkpoints."""
-    _directories.append(directory)
-
-
 def log_metrics(step: int, **metrics: float) -> None:
     """Append metrics at ``step`` to the run's event log (``events.jsonl``).
 
@@ -154,8 +132,8 @@ def log_metrics(step: int, **metrics: float) -> None:
     run = current_run()
     if run is not None:
         directory = run.checkpoint_dir
-    elif _directories:
-        directory = _directories[-1]
+    elif opened := opened_directories():
+        directory = opened[-1]
     else:
         raise ConfigError(
             "log_metrics needs a checkpoint directory: create an expman.CheckpointManager "
@@ -221,31 +199,3 @@ def read_events(directory: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return events
-
-
-def record_refusal(error: ArchitectureMismatchError) -> None:
-    """Under ``expman run``: leave the refusal for expman to report, without a traceback."""
-    run = current_run()
-    if run is None:
-        return
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    report = {
-        "message": str(error),
-        "checkpoint": error.checkpoint,
-        "differences": error.diff.lines(),
-    }
-    (run.run_dir / REFUSAL_NAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    if os.environ.get(ENV_DEBUG) != "1":
-        sys.excepthook = _clean_expman_errors
-
-
-def _clean_expman_errors(
-    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
-) -> None:
-    if not isinstance(error, ArchitectureMismatchError):
-        sys.__excepthook__(kind, error, traceback)
-        return
-    # expman run prints the refusal (from refusal.json) and exits 3 itself.
-    sys.stderr.flush()
-    sys.stdout.flush()
-    os._exit(3)

@@ -1,0 +1,76 @@
+"""The tree is the architecture: a lower layer never imports a higher one."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import expman
+
+PACKAGE = Path(expman.__file__).parent
+
+# Highest first. A module may import its own layer and the layers after it.
+LAYERS = ["cli", "integrations", "review", "experiments", "checkpoints", "base"]
+
+
+def layer_of(module: str) -> str:
+    """The layer of a module named like ``expman.checkpoints._format``."""
+    parts = module.split(".")
+    if parts[0] != "expman" or len(parts) == 1:
+        return "base"
+    top = parts[1]
+    if top in ("cli", "review", "experiments", "checkpoints"):
+        return top
+    if top in ("torch",):
+        return "integrations"
+    return "base"  # _errors, _version
+
+
+def expman_imports(path: Path) -> set[str]:
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    tree = ast.parse(path.read_text())
+    # Imports for type checkers only never run: _errors names ArchitectureDiff in types.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            node.body = []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("expman"))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "expman":
+                found.update(f"expman.{alias.name}" for alias in node.names)
+            elif node.module.startswith("expman."):
+                found.add(node.module)
+    return {name for name in found if name != module}
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_no_module_imports_a_higher_layer(path: Path) -> None:
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    own = LAYERS.index(layer_of(module))
+    upward = sorted(name for name in expman_imports(path) if LAYERS.index(layer_of(name)) < own)
+    assert upward == [], f"{module} imports a higher layer"
+
+
+def test_the_layer_table_knows_every_subpackage() -> None:
+    subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert subpackages == ["checkpoints", "cli", "experiments", "review"]
+
+
+def test_only_the_cli_imports_typer() -> None:
+    def imports_typer(path: Path) -> bool:
+        tree = ast.parse(path.read_text())
+        return any(
+            (isinstance(node, ast.Import) and any(a.name == "typer" for a in node.names))
+            or (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("typer"))
+            for node in ast.walk(tree)
+        )
+
+    users = {p.relative_to(PACKAGE).parts[0] for p in PACKAGE.rglob("*.py") if imports_typer(p)}
+    assert users == {"cli"}
