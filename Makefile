@@ -30,8 +30,9 @@ lint: $(BIN)/.installed-extras
 test: lint
 	$(BIN)/pytest
 
+# make demo KEEP=1 keeps the walkthrough's temporary repository to look at.
 demo: $(BIN)/.installed
-	$(BIN)/python -m demo.iris
+	$(BIN)/python -m demo.iris $(if $(KEEP),--keep,)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkpoint_io

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,14 +130,19 @@ def walkthrough(root: Path) -> None:
 
 
 def main() -> None:
+    keep = "--keep" in sys.argv[1:]
     root = Path(tempfile.mkdtemp(prefix="expman-demo-"))
     print(f"# The iris walkthrough (docs/tutorial.md), in {root}")
     try:
         walkthrough(root)
     except WalkthroughError as error:
-        print(f"\ndemo FAILED: {error}", file=sys.stderr)
+        print(f"\ndemo FAILED: {error}\nFiles kept in {root} to look at.", file=sys.stderr)
         raise SystemExit(1) from None
-    print(f"\n# Done: every step behaved as docs/tutorial.md says. Files kept in {root}")
+    if keep:
+        print(f"\n# Done: every step behaved as docs/tutorial.md says. Files kept in {root}")
+    else:
+        shutil.rmtree(root)
+        print("\n# Done: every step behaved as docs/tutorial.md says (KEEP=1 keeps the files)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,21 @@ def zeros_like_state(state: dict[str, Any]) -> dict[str, Any]:
         k: np.zeros_like(v) if isinstance(v, np.ndarray | np.generic) else v
         for k, v in state.items()
     }
+
+
+def require_tool(*names: str, install: str) -> str:
+    """The path of the first of ``names`` on PATH; outside CI, skip when none is.
+
+    CI installs every tool (.ci/run), so there a missing one fails the test.
+    """
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    message = f"{names[0]} is not installed: {install} (.ci/run installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,20 @@ def test_init_template_refuses_to_overwrite(tmp_path: Path) -> None:
         "??",
         "train.py",
     ]
+
+
+@pytest.mark.parametrize(("argv", "kept"), [([], False), (["--keep"], True)])
+def test_the_demo_removes_its_directory_unless_asked_to_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], kept: bool
+) -> None:
+    import demo.iris
+
+    def quick_walkthrough(root: Path) -> None:
+        (root / "iris").mkdir()  # what the walkthrough leaves behind
+
+    monkeypatch.setattr(demo.iris, "walkthrough", quick_walkthrough)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["demo.iris", *argv])
+    demo.iris.main()
+    left = list(tmp_path.glob("expman-demo-*"))
+    assert [bool(left), left[0].joinpath("iris").is_dir() if left else False] == [kept, kept]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -431,3 +432,15 @@ def test_async_save_does_not_wait_for_the_write_in_flight_unless_it_writes(
     release.set()
     manager.close()
     assert [c.step for c in manager.checkpoints()] == [1, 2]
+
+
+def test_a_temporary_directory_that_stayed_empty_is_removed_at_close() -> None:
+    unused = CheckpointManager()
+    unused.close()
+    assert not unused.directory.exists()
+
+    used = CheckpointManager()
+    used.save(1, {"w": np.ones(3, np.float32)})
+    used.close()
+    assert sorted(p.name for p in used.directory.iterdir()) == ["checkpoint", "ckpt-000001.h5"]
+    shutil.rmtree(used.directory)

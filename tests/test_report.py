@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.cli import expman
+from tests.conftest import require_tool
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -25,10 +24,9 @@ FLAGS = [
 
 
 def chromium(tmp_path: Path, *args: str) -> str:
-    if CHROMIUM is None:  # .ci/run installs it; a developer may not have it
-        pytest.fail("chromium is not installed: apt-get install chromium (see .ci/run)")
+    browser = require_tool("chromium", "chromium-browser", install="apt-get install chromium")
     result = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+        [browser, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -108,6 +108,7 @@ class CheckpointManager:
         compression: str | None = None,
     ) -> None:
         run = manager_defaults()
+        self._temporary = directory is None and run is None
         if directory is None and run is not None:
             directory = run.directory
         elif directory is None:
@@ -261,7 +262,9 @@ class CheckpointManager:
         """Save the last step if it was not saved, and wait for pending work.
 
         The last step is the one given to the last :meth:`save` call, with the
-        state given there. Calling ``close`` twice is harmless.
+        state given there. Calling ``close`` twice is harmless. A temporary
+        directory (no directory given, outside ``expman run``) that stayed
+        empty is removed.
         """
         if self._closed:
             return
@@ -275,6 +278,9 @@ class CheckpointManager:
         finally:
             self._closed = True
             self._pending = None
+            if self._temporary:
+                with contextlib.suppress(OSError):  # not empty: it holds checkpoints or logs
+                    self.directory.rmdir()
 
     def __enter__(self) -> CheckpointManager:
         return self
