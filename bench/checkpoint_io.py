@@ -1,6 +1,7 @@
-"""Checkpoint save and restore throughput against raw I/O and np.savez, in one run.
+"""Checkpoint save and restore throughput against raw I/O, safetensors and np.savez.
 
-    python -m bench.checkpoint_io [--size-mib 512] [--repeats 5] [--dir PATH]
+    python -m bench.checkpoint_io [--size-mib 512] [--tensors 68] [--repeats 5] [--dir PATH]
+    python -m bench.checkpoint_io --size-mib 64 --tensors 10000 --memory
 
 Every repetition measures each contender in turn on the same disk and state,
 so that the machine's noise hits them alike; the report gives medians.
@@ -13,6 +14,9 @@ so that the machine's noise hits them alike; the report gives medians.
 - raw read: the raw file read into preallocated arrays
 - expman restore: restore_latest into preallocated arrays (checksums verified)
 - np.load: the .npz read back
+- safetensors save_file + fsync / load_file, when safetensors is installed
+With --memory, each save runs once more in a fresh process, which reports how
+far its peak resident memory rose above the state it was given.
 Reads are measured twice: from the page cache (warm, just written) and after
 evicting the files with posix_fadvise(DONTNEED) (cold, as after a restart).
 """
@@ -22,7 +26,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,17 +44,24 @@ from expman import CheckpointManager, CheckpointPolicy
 POLICY = CheckpointPolicy(keep_max=None)
 
 
-def make_state(size_mib: int) -> dict[str, np.ndarray[Any, Any]]:
-    """A model-like state: four large kernels and many small biases."""
+def make_state(size_mib: int, tensors: int = 68) -> dict[str, np.ndarray[Any, Any]]:
+    """A model-like float32 state of ``tensors`` tensors: four large kernels, the rest small.
+
+    The small tensors share 1/8 of the bytes (at 68 tensors: 64 biases of 4096
+    floats in a 512 MiB state, the layout of the earlier benchmark).
+    """
     rng = np.random.default_rng(0)
     total = size_mib * 2**20 // 4  # float32 elements
+    small = max(tensors - 4, 0)
+    small_size = total // 8 // small if small else 0
+    large_total = total - small * small_size
     state: dict[str, np.ndarray[Any, Any]] = {}
-    for layer, share in enumerate((0.4, 0.3, 0.2, 0.1)):
+    for layer, share in enumerate((0.4, 0.3, 0.2, 0.1)[: min(tensors, 4)]):
         state[f"dnn/hiddenlayer_{layer}/kernel"] = rng.standard_normal(
-            int(total * share) - 64 * 1024, dtype=np.float32
+            int(large_total * share), dtype=np.float32
         )
-    for i in range(64):
-        state[f"dnn/block_{i}/bias"] = rng.standard_normal(4096, dtype=np.float32)
+    for i in range(small):
+        state[f"dnn/block_{i}/bias"] = rng.standard_normal(small_size, dtype=np.float32)
     return state
 
 
@@ -86,8 +100,20 @@ def load_npz(path: Path) -> None:
             archive[name]
 
 
-def run(size_mib: int, repeats: int, directory: Path) -> dict[str, list[float]]:
-    state = make_state(size_mib)
+try:
+    import safetensors.numpy as safetensors
+except ImportError:  # a peer, measured where installed
+    safetensors = None
+
+
+def safetensors_save(path: Path, state: dict[str, np.ndarray[Any, Any]]) -> None:
+    assert safetensors is not None
+    safetensors.save_file(state, str(path))
+    fsync_path(path)
+
+
+def run(size_mib: int, tensors: int, repeats: int, directory: Path) -> dict[str, list[float]]:
+    state = make_state(size_mib, tensors)
     blank = {name: np.empty_like(a) for name, a in state.items()}
     samples: dict[str, list[float]] = {}
     for repeat in range(repeats):
@@ -106,7 +132,7 @@ def one_repeat(
     reverse: bool,
 ) -> list[tuple[str, float]]:
     """One timing of every operation; ``reverse`` flips the order within each group."""
-    raw_path, npz_path = work / "raw.bin", work / "state.npz"
+    raw_path, npz_path, st_path = work / "raw.bin", work / "state.npz", work / "st.safetensors"
     sync = CheckpointManager(work / "sync", policy=POLICY)
     background = CheckpointManager(work / "async", policy=POLICY, async_save=True)
     results: list[tuple[str, float]] = []
@@ -114,17 +140,23 @@ def one_repeat(
     def group(suffix: str, contenders: list[tuple[str, Callable[[], object]]]) -> None:
         for name, work_ in reversed(contenders) if reverse else contenders:
             if suffix == ", cold cache":
-                drop_cache(raw_path, npz_path, work / "sync")
+                drop_cache(raw_path, npz_path, st_path, work / "sync")
             results.append((name + suffix, settled(work_)))
 
-    group(
-        "",
-        [
-            ("raw write + fsync", lambda: raw_write(raw_path, state)),
-            ("expman save", lambda: sync.save(1, state, force=True)),
-            ("np.savez + fsync", lambda: savez(npz_path, state)),
-        ],
-    )
+    saves: list[tuple[str, Callable[[], object]]] = [
+        ("raw write + fsync", lambda: raw_write(raw_path, state)),
+        ("expman save", lambda: sync.save(1, state, force=True)),
+        ("np.savez + fsync", lambda: savez(npz_path, state)),
+    ]
+    reads: list[tuple[str, Callable[[], object]]] = [
+        ("raw read", lambda: raw_read(raw_path, blank)),
+        ("expman restore", lambda: sync.restore_latest(into=blank)),
+        ("np.load", lambda: load_npz(npz_path)),
+    ]
+    if safetensors is not None:
+        saves.append(("safetensors save + fsync", lambda: safetensors_save(st_path, state)))
+        reads.append(("safetensors load", lambda: safetensors.load_file(str(st_path))))
+    group("", saves)
     background.save(1, state, force=True)  # the first save allocates staging buffers
     background.wait()
     results.append(
@@ -132,34 +164,25 @@ def one_repeat(
     )
     background.close()
     for suffix in (", warm cache", ", cold cache"):
-        group(
-            suffix,
-            [
-                ("raw read", lambda: raw_read(raw_path, blank)),
-                ("expman restore", lambda: sync.restore_latest(into=blank)),
-                ("np.load", lambda: load_npz(npz_path)),
-            ],
-        )
+        group(suffix, reads)
     return results
 
 
 RATIOS = [
-    ("save vs raw write (target >= 0.90)", "raw write + fsync", "expman save"),
+    ("save vs raw write (target >= 0.95)", "raw write + fsync", "expman save"),
+    ("save vs safetensors (target >= 0.5)", "safetensors save + fsync", "expman save"),
     ("save vs np.savez (target > 1)", "np.savez + fsync", "expman save"),
     *(
-        pair
+        (
+            f"restore vs {peer}, {cache} (target {target})",
+            f"{peer}, {cache} cache",
+            f"expman restore, {cache} cache",
+        )
         for cache in ("warm", "cold")
-        for pair in (
-            (
-                f"restore vs raw read, {cache} (target >= 0.90)",
-                f"raw read, {cache} cache",
-                f"expman restore, {cache} cache",
-            ),
-            (
-                f"restore vs np.load, {cache} (target > 1)",
-                f"np.load, {cache} cache",
-                f"expman restore, {cache} cache",
-            ),
+        for peer, target in (
+            ("raw read", ">= 0.90"),
+            ("safetensors load", ">= 0.5"),
+            ("np.load", "> 1"),
         )
     ),
     (
@@ -170,7 +193,7 @@ RATIOS = [
 ]
 
 
-def report(samples: dict[str, list[float]], size_mib: int, repeats: int) -> str:
+def report(samples: dict[str, list[float]], size_mib: int, tensors: int, repeats: int) -> str:
     """Medians per operation, and ratios paired within each repetition."""
     gb = size_mib * 2**20 / 1e9
     rows = [
@@ -179,10 +202,12 @@ def report(samples: dict[str, list[float]], size_mib: int, repeats: int) -> str:
     ]
     ratio_rows = []
     for label, baseline, ours in RATIOS:
+        if baseline not in samples:
+            continue
         paired = sorted(b / o for b, o in zip(samples[baseline], samples[ours], strict=True))
         ratio_rows.append([label, f"{median(paired):.2f}", f"{paired[0]:.2f} to {paired[-1]:.2f}"])
     head = (
-        f"{size_mib} MiB state (4 kernels, 64 biases, float32), {repeats} repetitions; "
+        f"{size_mib} MiB state in {tensors} float32 tensors, {repeats} repetitions; "
         f"expman {expman.__version__}, numpy {np.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} cores. Ratios are baseline time / expman time (higher is "
         "better for expman; the async row is expman's blocking time / a sync save), "
@@ -197,20 +222,60 @@ def report(samples: dict[str, list[float]], size_mib: int, repeats: int) -> str:
     )
 
 
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_probe(contender: str, size_mib: int, tensors: int, directory: Path) -> float:
+    """In this (fresh) process: how far one save raises peak memory above the state."""
+    state = make_state(size_mib, tensors)
+    before = peak_rss_mib()
+    if contender == "expman save":
+        CheckpointManager(directory / "sync", policy=POLICY).save(1, state, force=True)
+    elif contender == "safetensors save":
+        safetensors_save(directory / "st.safetensors", state)
+    else:
+        raw_write(directory / "raw.bin", state)
+    return peak_rss_mib() - before
+
+
+def memory_rows(size_mib: int, tensors: int, directory: Path) -> list[list[str]]:
+    contenders = ["raw write", "expman save"]
+    if safetensors is not None:
+        contenders.append("safetensors save")
+    rows = []
+    for contender in contenders:
+        work = Path(tempfile.mkdtemp(dir=directory))
+        probe = (
+            "import sys; from pathlib import Path; from bench.checkpoint_io import memory_probe;"
+            f"print(memory_probe({contender!r}, {size_mib}, {tensors}, Path({str(work)!r})))"
+        )
+        output = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        rows.append([contender, f"+{float(output.stdout):.0f} MiB"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--tensors", type=int, default=68)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory", action="store_true", help="also measure save memory")
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to write (default: a temp dir)"
     )
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="expman-bench-", dir=args.dir))
     try:
-        samples = run(args.size_mib, args.repeats, directory)
+        samples = run(args.size_mib, args.tensors, args.repeats, directory)
+        memory = memory_rows(args.size_mib, args.tensors, directory) if args.memory else None
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    print(report(samples, args.size_mib, args.repeats))
+    print(report(samples, args.size_mib, args.tensors, args.repeats))
+    if memory:
+        print("\n" + table(["save, in a fresh process", "peak memory over the state"], memory))
 
 
 if __name__ == "__main__":
