@@ -10,6 +10,7 @@ the branch as a small text record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -293,9 +294,12 @@ def _execute(
             process = subprocess.Popen(
                 command, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-        except (FileNotFoundError, PermissionError) as error:
+        except OSError as error:
+            reason = error.strerror
+            if error.errno == errno.ENOEXEC:
+                reason = "it is not a program (a script needs a first line such as #!/bin/sh)"
             raise CommandNotFoundError(
-                f"cannot start {command[0]!r}: {error.strerror}; check [run] command in "
+                f"cannot start {command[0]!r}: {reason}; check [run] command in "
                 f"{CONFIG_NAME} or the command after --"
             ) from error
         lock = threading.Lock()
