@@ -136,6 +136,10 @@ def render_report(
 
 def write_report(path: Path, text: str) -> None:
     """Write the report whole or not at all; :class:`WriteError` says why not."""
+    if path.is_dir():
+        raise WriteError(
+            f"cannot write {path}: it is a directory: give a file name, e.g. {path / 'report.html'}"
+        )
     try:
         write_text_atomically(path, text)
     except OSError as error:
@@ -143,8 +147,6 @@ def write_report(path: Path, text: str) -> None:
 
 
 def _why_not(path: Path, error: OSError) -> str:
-    if path.is_dir():
-        return f"it is a directory: give a file name, e.g. {path / 'report.html'}"
     if isinstance(error, FileNotFoundError):
         return f"directory {path.parent} does not exist: create it or choose another path"
     if isinstance(error, NotADirectoryError):
