@@ -15,7 +15,6 @@ from expman._errors import (
     InvalidAssignmentError,
     InvalidNameError,
     RepositoryError,
-    UnsupportedStateError,
     UsageError,
     WriteError,
 )
@@ -37,7 +36,6 @@ EXIT_CODES: list[tuple[type[ExpmanError], int, str]] = [
     (InvalidAssignmentError, 10, "an invalid --set KEY=VALUE"),
     (ConfigError, 11, "expman.toml is missing or invalid"),
     (UsageError, EXIT_USAGE, "a bad option or argument"),
-    (UnsupportedStateError, 12, "a state value that cannot be stored"),
     (WriteError, 13, "a file or git object cannot be written: full disk, missing directory"),
     (CommandNotFoundError, 127, "the run's command cannot be started"),
     (ExpmanError, 1, "any other error expman reports"),

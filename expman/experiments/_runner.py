@@ -246,7 +246,8 @@ def _warm_start(ws: Workspace, spec: str | None) -> tuple[Path | None, str | Non
     other, step = parse_checkpoint_spec(spec)
     ws.head_of(other)  # the experiment must exist
     directory = ws.checkpoint_dir(other)
-    steps = CheckpointDirectory(directory).steps() if directory.is_dir() else {}
+    catalog = CheckpointDirectory(directory)
+    steps = catalog.steps() if directory.is_dir() else {}
     if not steps:
         raise CheckpointNotFoundError(
             f"experiment {other} has no checkpoint to start from: run it first (expman run {other})"
@@ -258,6 +259,7 @@ def _warm_start(ws: Workspace, spec: str | None) -> tuple[Path | None, str | Non
         raise CheckpointNotFoundError(
             f"experiment {other} has no checkpoint at step {step} (available: {available})"
         )
+    catalog.metadata(steps[step])  # damaged or foreign: refused before the run starts
     return steps[step], f"{other}@{step}"
 
 
