@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         RepositoryError,
         UnsupportedStateError,
         UsageError,
+        WriteError,
     )
     from expman.checkpoints._architecture import (
         Architecture,
@@ -93,6 +94,7 @@ _LOCATIONS = {
         "RepositoryError",
         "UnsupportedStateError",
         "UsageError",
+        "WriteError",
     ],
     "checkpoints._format": ["CheckpointMetadata", "TensorRecord", "read_metadata"],
     "checkpoints._manager": ["CheckpointManager", "RestoreReport"],

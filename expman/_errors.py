@@ -16,6 +16,7 @@ subclasses the builtin a Python programmer would catch::
     ├── ExperimentLockedError                  another run of the experiment is running
     ├── CommandNotFoundError                   the run's command does not exist
     ├── UnsupportedStateError (TypeError)     a state value that cannot be stored
+    ├── WriteError (OSError)                   a file or git object cannot be written
     ├── ArchitectureMismatchError (ValueError) checkpoint and model differ
     └── CheckpointError
         ├── CheckpointNotFoundError (LookupError)
@@ -63,6 +64,7 @@ __all__ = [
     "RepositoryError",
     "UnsupportedStateError",
     "UsageError",
+    "WriteError",
 ]
 
 
@@ -108,6 +110,13 @@ class CommandNotFoundError(ExpmanError):
 
 class UnsupportedStateError(ExpmanError, TypeError):
     """A state holds a value expman does not store (objects are never pickled)."""
+
+
+class WriteError(ExpmanError, OSError):
+    """A file or git object cannot be written: full disk, read-only or missing directory.
+
+    Checkpoints raise :class:`CheckpointWriteError` instead.
+    """
 
 
 class CheckpointError(ExpmanError):

@@ -1,10 +1,13 @@
-"""Run the real ``expman`` console script, as a user does."""
+"""Run expman as a user does: the real console script, or ``main()`` in-process."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 EXPMAN = Path(sys.executable).parent / "expman"
@@ -23,6 +26,39 @@ def expman(
         stdin=subprocess.DEVNULL,
         timeout=120,
     )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``main()`` did in-process: exit code and output, as a subprocess's would be."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def expman_in_process(cwd: Path, *args: str) -> Outcome:
+    """``expman ARGS`` through ``expman.cli.main`` in this process: 20x faster to start."""
+    from expman.cli import main
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8") for _ in range(2)]
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(streams[0]), redirect_stderr(streams[1]):
+            try:
+                main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code
+            else:
+                raise AssertionError("main() returned instead of exiting")
+    finally:
+        os.chdir(previous)
+    texts = []
+    for stream in streams:
+        stream.flush()
+        texts.append(stream.buffer.getvalue().decode("utf-8"))  # type: ignore[attr-defined]
+    return Outcome(code if isinstance(code, int) else 0 if code is None else 1, *texts)
 
 
 def checkout_state(repo: Path) -> tuple[str, str, str, str]:

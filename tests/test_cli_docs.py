@@ -1,22 +1,106 @@
-"""docs/cli.md's exit-code table is the code's."""
+"""docs/cli.md's exit-code table is the code's, and each example returns its code."""
 
 from __future__ import annotations
 
+import os
+import pty
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from expman.cli._exit import EXIT_CODES
+from tests.cli import EXPMAN, expman
+from tests.conftest import git, make_repository, run_expman
 
 DOC = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+ROWS = {
+    int(cells[0]): cells[1:]
+    for line in DOC.splitlines()
+    if line.startswith("| ") and line[2].isdigit()
+    for cells in [[c.strip() for c in line.strip("|").split("|")]]
+}
 
 
 def test_every_exit_code_is_documented_with_its_meaning() -> None:
-    rows = {
-        int(cells[0]): cells[1]
-        for line in DOC.splitlines()
-        if line.startswith("| ") and line[2].isdigit()
-        for cells in [[c.strip() for c in line.strip("|").split("|")]]
-    }
     for _, code, meaning in EXIT_CODES:
-        assert code in rows, code
-        assert meaning.split(" (")[0] in rows[code], (code, meaning)
-    assert set(rows) == {0, 130} | {code for _, code, _ in EXIT_CODES}
+        assert code in ROWS, code
+        assert meaning.split(" (")[0].split(":")[0] in ROWS[code][0], (code, meaning)
+    assert set(ROWS) == {0, 130} | {code for _, code, _ in EXIT_CODES}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The docs' examples' workspace: base has run; wide, from base, has a bigger model."""
+    repo = make_repository(tmp_path_factory.mktemp("docs") / "repo")
+    assert run_expman(repo, "new", "base").returncode == 0
+    assert run_expman(repo, "run", "base").returncode == 0
+    new = run_expman(repo, "new", "wide", "--from", "base", "--set", "model.hidden_units=[20]")
+    assert new.returncode == 0
+    return repo
+
+
+def _truncate_latest_checkpoint(repo: Path) -> None:
+    latest = sorted((repo / ".expman" / "checkpoints" / "base").glob("ckpt-*.h5"))[-1]
+    with open(latest, "r+b") as file:
+        file.truncate(latest.stat().st_size // 2)
+
+
+# What the example's words after the command ("HEAD detached", ...) ask for.
+SETUPS: dict[int, Callable[[Path], None]] = {
+    4: lambda repo: git(repo, "checkout", "-q", "--detach"),
+    8: _truncate_latest_checkpoint,
+}
+
+
+def _answering_no(repo: Path, args: list[str]) -> int:
+    """Run expman on a terminal and answer its question with "n"."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(EXPMAN), *args], cwd=repo, stdin=terminal, stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    os.write(controller, b"n\n")
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    code = process.wait(timeout=60)
+    assert b"expman: error: aborted: nothing was changed" in output, output
+    return code
+
+
+@pytest.mark.parametrize("code", sorted(ROWS))
+def test_each_documented_example_returns_its_code(seeded: Path, tmp_path: Path, code: int) -> None:
+    example = ROWS[code][1]
+    command, _, condition = example.partition("`, ")
+    args = shlex.split(command.strip("`"))
+    assert args[0] == "expman", example
+    repo = tmp_path / "repo"
+    shutil.copytree(seeded, repo, symlinks=True)
+    if code in SETUPS:
+        SETUPS[code](repo)
+    if code == 1:
+        assert condition == "answered `n`"
+        assert _answering_no(repo, args[1:]) == 1
+        assert git(repo, "for-each-ref", "refs/heads/exp/base") != ""
+        return
+    if code == 7:
+        from expman.experiments._workspace import Workspace
+
+        with Workspace.open(repo).lock("base"):
+            result = expman(repo, *args[1:])
+    else:
+        result = expman(repo, *args[1:])
+    assert result.returncode == code, (example, result.stderr)
+    if code not in (0, 3, 130):  # a run's own outcome, reported by the run
+        assert result.stderr.splitlines()[-1].startswith("expman: error: "), result.stderr

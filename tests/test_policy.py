@@ -84,7 +84,7 @@ def test_ties_keep_the_newest() -> None:
     [
         ({"keep_max": 0}, "keep_max must be positive or None, got 0"),
         ({"save_every_secs": -1}, "save_every_secs must be positive or None, got -1"),
-        ({"save_every_steps": 2.5}, "save_every_steps must be a positive integer or None, got 2.5"),
+        ({"save_every_steps": 2.5}, "save_every_steps must be an integer, got 2.5 (a float)"),
         ({"keep_best": 2}, "keep_best needs best_metric: the metric to rank checkpoints by"),
         ({"keep_best": -1}, "keep_best must be an integer >= 0, got -1"),
         (

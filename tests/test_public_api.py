@@ -51,6 +51,7 @@ def test_all_is_sorted_and_pinned() -> None:
         "UnsupportedStateError",
         "UsageError",
         "Workspace",
+        "WriteError",
         "__version__",
         "compare_architectures",
         "current_run",

@@ -48,7 +48,21 @@ class CheckpointPolicy:
         _positive("save_every_steps", self.save_every_steps, integer=True)
         _positive("keep_max", self.keep_max, integer=True)
         _positive("keep_every_hours", self.keep_every_hours)
-        if not isinstance(self.keep_best, int) or self.keep_best < 0:
+        if not isinstance(self.save_first_step, bool):
+            raise ValueError(
+                f"save_first_step must be true or false, got {self.save_first_step!r} "
+                f"({_kind(self.save_first_step)})"
+            )
+        if not isinstance(self.best_metric, str | None):
+            raise ValueError(
+                f"best_metric must be a metric's name, got {self.best_metric!r} "
+                f"({_kind(self.best_metric)})"
+            )
+        if (
+            isinstance(self.keep_best, bool)
+            or not isinstance(self.keep_best, int)
+            or self.keep_best < 0
+        ):
             raise ValueError(f"keep_best must be an integer >= 0, got {self.keep_best!r}")
         if self.keep_best and not self.best_metric:
             raise ValueError("keep_best needs best_metric: the metric to rank checkpoints by")
@@ -86,10 +100,18 @@ class CheckpointPolicy:
 def _positive(name: str, value: float | None, *, integer: bool = False) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or (integer and not isinstance(value, int)):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r} ({_kind(value)})")
     if not value > 0:
         raise ValueError(f"{name} must be positive or None, got {value!r}")
+
+
+def _kind(value: object) -> str:
+    """A value's type as TOML names it (the policy usually comes from expman.toml)."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 class RetentionCandidate(Protocol):

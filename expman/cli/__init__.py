@@ -1,8 +1,9 @@
 """The ``expman`` command line: parses, calls the library, renders.
 
-``main()`` turns every error expman raises on purpose into one line on stderr
-and a distinct exit code (docs/cli.md lists them); unexpected errors keep
-their traceback. ``EXPMAN_DEBUG=1`` shows the traceback of every error.
+``main()`` turns every error into one line on stderr, ``expman: error: ...``,
+and a distinct exit code (docs/cli.md lists them): errors expman raises on
+purpose and usage errors alike. Unexpected errors keep their traceback.
+``EXPMAN_DEBUG=1`` shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Sequence
+from typing import Annotated, NoReturn
 
 import typer
 
 from expman._errors import ExpmanError
-from expman.cli._exit import exit_code_for
+from expman.cli._exit import EXIT_USAGE, exit_code_for
 
 __all__ = ["app", "main"]
 
@@ -23,8 +26,30 @@ app = typer.Typer(
     help="Experiments as git branches, checkpoints that restore only into the right model.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # Plain help: rich markup would eat "[params]" and "[run]" as style tags.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from expman._version import __version__
+
+        typer.echo(f"expman {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Experiments as git branches, checkpoints that restore only into the right model."""
 
 
 def _register() -> None:
@@ -39,13 +64,35 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    """Entry point of the ``expman`` console script."""
+def main(args: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``expman`` console script and of ``python -m expman``."""
+    sys.exit(_main(list(sys.argv[1:] if args is None else args)))
+
+
+def _main(args: list[str]) -> int:
+    # typer vendors click and does not re-export its exception base classes;
+    # they are reached through typer's vendored module (never `import click`).
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     try:
-        app()
+        result = app(args=args, prog_name="expman", standalone_mode=False)
     except ExpmanError as error:
-        code = exit_code_for(error)
-        if os.environ.get("EXPMAN_DEBUG") == "1":
-            traceback.print_exc()
-        print(f"expman: error: {error}", file=sys.stderr)
-        sys.exit(code)
+        return _fail(str(error), exit_code_for(error))
+    except NoArgsIsHelpError as error:
+        typer.echo(error.format_message())
+        return 0
+    except ClickException as error:
+        message = " ".join(error.format_message().split()).rstrip(".")
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "expman"
+        return _fail(f"{message[:1].lower()}{message[1:]}: see {command} --help", EXIT_USAGE)
+    except typer.Abort:
+        return _fail("aborted: nothing was changed", 1)
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str, code: int) -> int:
+    if os.environ.get("EXPMAN_DEBUG") == "1":
+        traceback.print_exc()
+    print(f"expman: error: {message}", file=sys.stderr)
+    return code

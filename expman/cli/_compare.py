@@ -36,7 +36,9 @@ def _value(value: Any) -> str:
 
 
 def compare(
-    experiments: Annotated[list[str], typer.Argument(help="Two or more: NAME or NAME@RUN.")],
+    experiments: Annotated[
+        list[str], typer.Argument(metavar="EXPERIMENT...", help="Two or more: NAME or NAME@RUN.")
+    ],
     all_params: Annotated[bool, typer.Option("--all", help="Show every parameter.")] = False,
     code: Annotated[bool, typer.Option("--code", help="Show the full code diff.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (docs/cli.md).")] = False,
@@ -56,7 +58,7 @@ def compare(
     workspace = Workspace.open()
     result = compare_experiments(workspace, experiments, key_metric=workspace.config.key_metric)
     if html is not None:
-        from expman.review._report import render_report
+        from expman.review._report import render_report, write_report
 
         report = render_report(
             result,
@@ -64,7 +66,7 @@ def compare(
             checkpoint_dirs={v.label: workspace.checkpoint_dir(v.name) for v in result.variants},
             all_params=all_params,
         )
-        html.write_text(report, encoding="utf-8")
+        write_report(html, report)
         note(f"wrote {html}")
     if as_json:
         echo_json(result.to_json(all_params=all_params))

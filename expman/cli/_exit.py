@@ -15,11 +15,13 @@ from expman._errors import (
     InvalidAssignmentError,
     InvalidNameError,
     RepositoryError,
-    UnsupportedStateError,
     UsageError,
+    WriteError,
 )
 
-__all__ = ["EXIT_CODES", "exit_code_for"]
+__all__ = ["EXIT_CODES", "EXIT_USAGE", "exit_code_for"]
+
+EXIT_USAGE = 2
 
 # Most specific first: the first class an error is an instance of decides.
 EXIT_CODES: list[tuple[type[ExpmanError], int, str]] = [
@@ -33,8 +35,8 @@ EXIT_CODES: list[tuple[type[ExpmanError], int, str]] = [
     (InvalidNameError, 9, "an invalid experiment name"),
     (InvalidAssignmentError, 10, "an invalid --set KEY=VALUE"),
     (ConfigError, 11, "expman.toml is missing or invalid"),
-    (UsageError, 2, "a bad option or argument"),
-    (UnsupportedStateError, 12, "a state value that cannot be stored"),
+    (UsageError, EXIT_USAGE, "a bad option or argument"),
+    (WriteError, 13, "a file or git object cannot be written: full disk, missing directory"),
     (CommandNotFoundError, 127, "the run's command cannot be started"),
     (ExpmanError, 1, "any other error expman reports"),
 ]

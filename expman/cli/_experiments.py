@@ -10,7 +10,7 @@ import typer
 
 from expman._errors import UsageError
 from expman.cli._output import note
-from expman.experiments._workspace import Workspace
+from expman.experiments._workspace import Workspace, template_names
 
 __all__ = ["register"]
 
@@ -41,15 +41,22 @@ def register(app: typer.Typer) -> None:
 
 
 def init(
-    directory: Annotated[Path, typer.Argument(help="A directory inside a git repository.")] = Path(
-        "."
-    ),
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIRECTORY", help="A directory inside a git repository.")
+    ] = Path("."),
     command: Annotated[
-        str | None, typer.Option(help="The command a run executes (default: python train.py).")
+        str | None,
+        typer.Option(
+            metavar="COMMAND", help="The command a run executes (default: python train.py)."
+        ),
     ] = None,
     template: Annotated[
         str | None,
-        typer.Option(help="Also copy a runnable example project: iris. Never overwrites."),
+        typer.Option(
+            metavar="NAME",
+            help=f"Also copy a runnable example project: {', '.join(template_names())}. "
+            "Never overwrites.",
+        ),
     ] = None,
 ) -> None:
     """Create expman.toml at the repository root and ignore .expman/ (harmless twice).
@@ -71,16 +78,21 @@ def init(
 
 
 def new(
-    name: Annotated[str, typer.Argument(help="The experiment's name: branch exp/NAME.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The experiment's name: branch exp/NAME.")
+    ],
     from_: Annotated[
         str | None,
         typer.Option(
             "--from", help="Start from this experiment or git revision instead of the working tree."
         ),
     ] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)
+    ] = None,
     message: Annotated[
-        str | None, typer.Option("-m", "--message", help="Why: added to the commit message.")
+        str | None,
+        typer.Option("-m", "--message", metavar="TEXT", help="Why: added to the commit message."),
     ] = None,
 ) -> None:
     """Create experiment NAME: branch exp/NAME with the exact code and parameters.
@@ -104,7 +116,7 @@ def new(
 
 
 def rm(
-    name: Annotated[str, typer.Argument(help="The experiment to delete.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The experiment to delete.")],
     keep_checkpoints: Annotated[
         bool, typer.Option("--keep-checkpoints", help="Keep .expman/checkpoints/NAME.")
     ] = False,

@@ -82,7 +82,7 @@ def _details(workspace: Workspace, name: str) -> dict[str, Any]:
 
 
 def show(
-    name: Annotated[str, typer.Argument(help="The experiment.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The experiment.")],
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Show one experiment: branch, parameters, runs and checkpoints."""
@@ -110,7 +110,7 @@ def show(
 
 
 def log(
-    name: Annotated[str, typer.Argument(help="The experiment.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The experiment.")],
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """List the runs of an experiment, oldest first: outcome, checkpoints kept, metrics."""

@@ -25,14 +25,19 @@ def register(app: typer.Typer) -> None:
 
 
 def run(
-    name: Annotated[str, typer.Argument(help="The experiment to run.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The experiment to run.")],
     command: Annotated[
         list[str] | None,
-        typer.Argument(help="The command to run instead of [run] command (after --)."),
+        typer.Argument(
+            metavar="[-- COMMAND...]",
+            help="The command to run instead of [run] command (after --).",
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help=SET_HELP + " Committed on the branch before the run."),
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help=SET_HELP + " Committed on the branch before the run."
+        ),
     ] = None,
     from_checkpoint: Annotated[
         str | None,

@@ -7,11 +7,15 @@ user's comments and layout, so that a parameter change is a one-line diff.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import stat
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from expman._errors import ConfigError, InvalidAssignmentError
@@ -24,12 +28,16 @@ __all__ = [
     "AssignmentResult",
     "WorkspaceConfig",
     "apply_assignments",
+    "decode_config",
     "default_config_text",
     "parse_assignment",
     "parse_config",
+    "read_config",
 ]
 
 CONFIG_NAME = "expman.toml"
+MAX_DEPTH = 100  # tomlkit's own limit for nested values
+_MAX_SIZE = 16 * 1024 * 1024
 _KEY_PART = re.compile(r"[A-Za-z0-9_-]+")
 _BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]*")
 
@@ -73,12 +81,100 @@ def _toml_string(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid TOML basic string
 
 
-def parse_config(text: str, source: str = CONFIG_NAME) -> WorkspaceConfig:
-    """Parse ``expman.toml``; every problem is a :class:`ConfigError` naming the file."""
+def read_config(path: Path) -> str:
+    """The text of ``expman.toml``; :class:`ConfigError` unless it is a readable UTF-8 file.
+
+    Opened without blocking and checked to be a regular file, so that a FIFO
+    or a device in its place is refused instead of waited on.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no {CONFIG_NAME} in {path.parent}: run `expman init` there first"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(_not_a_file(path, "a directory")) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(_not_a_file(path, "a directory"))
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
+            raise ConfigError(_not_a_file(path, kind))
+        if info.st_size > _MAX_SIZE:
+            raise ConfigError(f"{path} is larger than {_MAX_SIZE // 2**20} MiB: is it expman.toml?")
+        with open(descriptor, "rb", closefd=False) as file:
+            content = file.read(_MAX_SIZE + 1)
+    finally:
+        os.close(descriptor)
+    return decode_config(content, str(path))
+
+
+def _not_a_file(path: Path, kind: str) -> str:
+    return f"{path} is {kind}, not a file: make it a TOML file (expman init writes one)"
+
+
+def decode_config(content: bytes, source: str) -> str:
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{source} is not UTF-8 text (byte 0x{content[error.start]:02x} at offset "
+            f"{error.start}): save it as UTF-8"
+        ) from None
+
+
+def _load_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads`` with the limits of :data:`MAX_DEPTH` and of long integers.
+
+    Raises ValueError with a message for the user; :class:`tomllib.TOMLDecodeError` is one.
+    """
     try:
         data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except RecursionError:
+        raise ValueError(f"nests values more than {MAX_DEPTH} levels deep") from None
+    except ValueError:  # only int() raises other ValueErrors: too many digits
+        raise ValueError(
+            f"an integer has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+    if _depth(data) > MAX_DEPTH + 1:  # + 1: the document itself
+        raise ValueError(f"nests values more than {MAX_DEPTH} levels deep")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and tables nest in ``value`` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _load_config_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return _load_toml(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source} is not valid TOML ({error}): fix it and retry") from error
+    except ValueError as error:
+        if "levels deep" in str(error):
+            raise ConfigError(f"{source} {error}: flatten it") from None
+        raise ConfigError(
+            f"{source} is not valid TOML ({error}): quote it to keep it as text"
+        ) from None
+
+
+def parse_config(text: str, source: str = CONFIG_NAME) -> WorkspaceConfig:
+    """Parse ``expman.toml``; every problem is a :class:`ConfigError` naming the file."""
+    data = _load_config_toml(text, source)
     run = _table(data, "run", source)
     experiments = _table(data, "experiments", source)
     command = run.get("command", [])
@@ -91,6 +187,8 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> WorkspaceConfig:
         command = tuple(command)
     else:
         raise ConfigError(f"{source}: [run] command must be a string or a list of strings")
+    if any("\0" in part for part in command):
+        raise ConfigError(f"{source}: [run] command contains a NUL character: remove it")
     try:
         policy = CheckpointPolicy.from_mapping(_table(data, "checkpoints", source))
     except (TypeError, ValueError) as error:
@@ -140,20 +238,28 @@ def parse_assignment(text: str) -> Assignment:
     parts = tuple(key.split("."))
     if not sep or not key or not all(_KEY_PART.fullmatch(p) for p in parts):
         raise InvalidAssignmentError(
-            f"invalid --set {text!r}: expected KEY=VALUE with KEY a dotted name under "
+            f"invalid --set {_shorten(text)!r}: expected KEY=VALUE with KEY a dotted name under "
             "[params], e.g. --set model.hidden_units=[20,20]"
         )
     raw = raw.strip()
     try:
-        value = tomllib.loads(f"value = {raw}")["value"]
+        value = _load_toml(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
         if not _BARE_WORD.fullmatch(raw):
             raise InvalidAssignmentError(
-                f"invalid --set {text!r}: {raw!r} is not a TOML value; quote text, "
-                f"e.g. --set {key}='\"{raw}\"'"
+                f"invalid --set {_shorten(text)!r}: {_shorten(raw)!r} is not a TOML value; "
+                f"quote text, e.g. --set {key}='\"{_shorten(raw)}\"'"
             ) from None
         value = raw
+    except ValueError as error:
+        reason = str(error).replace("nests values", "the value nests")
+        hint = "" if "levels deep" in reason else ": quote it to keep it as text"
+        raise InvalidAssignmentError(f"invalid --set {_shorten(text)!r}: {reason}{hint}") from None
     return Assignment(parts, value)
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit + 10 else f"{text[:limit]}..."
 
 
 @dataclass(frozen=True)
@@ -170,6 +276,7 @@ def apply_assignments(
     import tomlkit
     from tomlkit.exceptions import TOMLKitError
 
+    _load_config_toml(text, source)  # tomllib's errors, and its limits, first
     try:
         document = tomlkit.parse(text)
     except TOMLKitError as error:

@@ -13,6 +13,7 @@ and refs move by compare-and-swap ``update-ref``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from expman._errors import ExperimentExistsError, RepositoryError
+from expman._errors import ExperimentExistsError, RepositoryError, WriteError
 
 __all__ = ["GitError", "GitRepo", "RefUpdateError"]
 
@@ -63,9 +64,27 @@ def _run_git(
         [git, *args], cwd=cwd, env=environment, input=input, capture_output=True, check=False
     )
     if check and result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise GitError(f"git {args[0]} failed: {message[-1] if message else result.returncode}")
+        raise _failure(args, cwd, result)
     return result
+
+
+def _failure(
+    args: Sequence[str], cwd: Path, result: subprocess.CompletedProcess[bytes]
+) -> RepositoryError | WriteError:
+    """The error a failed git command means for the user: a stale lock, a full disk, ..."""
+    text = result.stderr.decode(errors="replace")
+    lock = re.search(r"Unable to create '(.+?\.lock)': File exists", text)
+    if lock:
+        return RepositoryError(
+            f"git's lock file {lock[1]} exists: if no git command is running, delete it and retry"
+        )
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return WriteError(
+            f"git cannot write to the repository at {cwd}: no space left on the device: "
+            "free some space and retry (nothing was changed)"
+        )
+    lines = text.strip().splitlines()
+    return GitError(f"git {args[0]} failed: {lines[-1] if lines else result.returncode}")
 
 
 class GitRepo:
@@ -109,6 +128,8 @@ class GitRepo:
 
     def resolve(self, revision: str) -> str | None:
         """The commit a revision names, or None."""
+        if "\0" in revision:
+            return None  # git cannot be given it, and no revision has one
         result = _run_git(
             ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],
             self.root,
@@ -136,6 +157,8 @@ class GitRepo:
             ["commit-tree", EMPTY_TREE], self.root, input=b"identity check", check=False
         )
         if result.returncode != 0:
+            if "ident" not in result.stderr.decode(errors="replace"):
+                raise _failure(["commit-tree"], self.root, result)  # a full disk, ...
             raise RepositoryError(
                 "git does not know who you are, and expman commits as you: run "
                 "git config user.name 'Your Name' && git config user.email you@example.com"
@@ -251,6 +274,8 @@ class GitRepo:
         """Create ``ref``; refuse if it exists (the compare-and-swap is with "absent")."""
         result = _run_git(["update-ref", ref, commit, ZERO], self.root, check=False)
         if result.returncode != 0:
+            if b"reference already exists" not in result.stderr:
+                raise _failure(["update-ref"], self.root, result)
             raise ExperimentExistsError(f"{what} already exists ({ref})")
 
     def move_ref(self, ref: str, new: str, old: str) -> None:

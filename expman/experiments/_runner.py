@@ -10,6 +10,7 @@ the branch as a small text record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -245,7 +246,8 @@ def _warm_start(ws: Workspace, spec: str | None) -> tuple[Path | None, str | Non
     other, step = parse_checkpoint_spec(spec)
     ws.head_of(other)  # the experiment must exist
     directory = ws.checkpoint_dir(other)
-    steps = CheckpointDirectory(directory).steps() if directory.is_dir() else {}
+    catalog = CheckpointDirectory(directory)
+    steps = catalog.steps() if directory.is_dir() else {}
     if not steps:
         raise CheckpointNotFoundError(
             f"experiment {other} has no checkpoint to start from: run it first (expman run {other})"
@@ -257,6 +259,7 @@ def _warm_start(ws: Workspace, spec: str | None) -> tuple[Path | None, str | Non
         raise CheckpointNotFoundError(
             f"experiment {other} has no checkpoint at step {step} (available: {available})"
         )
+    catalog.metadata(steps[step])  # damaged or foreign: refused before the run starts
     return steps[step], f"{other}@{step}"
 
 
@@ -293,9 +296,12 @@ def _execute(
             process = subprocess.Popen(
                 command, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-        except (FileNotFoundError, PermissionError) as error:
+        except OSError as error:
+            reason = error.strerror
+            if error.errno == errno.ENOEXEC:
+                reason = "it is not a program (a script needs a first line such as #!/bin/sh)"
             raise CommandNotFoundError(
-                f"cannot start {command[0]!r}: {error.strerror}; check [run] command in "
+                f"cannot start {command[0]!r}: {reason}; check [run] command in "
                 f"{CONFIG_NAME} or the command after --"
             ) from error
         lock = threading.Lock()

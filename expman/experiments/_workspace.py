@@ -27,9 +27,11 @@ from expman.experiments._config import (
     AssignmentResult,
     WorkspaceConfig,
     apply_assignments,
+    decode_config,
     default_config_text,
     parse_assignment,
     parse_config,
+    read_config,
 )
 from expman.experiments._gitrepo import GitRepo, RefInfo
 from expman.experiments._lock import ExperimentLock
@@ -124,13 +126,7 @@ class Workspace:
     def open(cls, path: Path | str = ".") -> Workspace:
         repo = GitRepo.discover(Path(path).absolute())
         config_path = repo.root / CONFIG_NAME
-        try:
-            text = config_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                f"no {CONFIG_NAME} in {repo.root}: run `expman init` there first"
-            ) from None
-        return cls(repo, parse_config(text, str(config_path)))
+        return cls(repo, parse_config(read_config(config_path), str(config_path)))
 
     @staticmethod
     def init(
@@ -144,6 +140,9 @@ class Workspace:
         repository with the template as its first commit.
         """
         directory = Path(path).absolute()
+        if directory.exists() and not directory.is_dir():
+            kind = "a file" if directory.is_file() else "not a directory"
+            raise UsageError(f"{directory} is {kind}, not a directory: give a directory")
         files = template_files(template) if template else {}
         created = False
         try:
@@ -154,7 +153,7 @@ class Workspace:
             repo = GitRepo.create(directory)
             created = True
         root = repo.root
-        clashes = sorted(name for name in files if (root / name).exists())
+        clashes = sorted(name for name in files if _occupied(root, name))
         if clashes:
             raise UsageError(
                 f"expman init would overwrite {', '.join(clashes)} in {root}: move them "
@@ -217,8 +216,9 @@ class Workspace:
         content = self.repo.read_file(commit, CONFIG_NAME)
         if content is None:
             raise ConfigError(f"commit {commit[:12]} has no {CONFIG_NAME}")
-        text = content.decode("utf-8")
-        return text, parse_config(text, f"{CONFIG_NAME} at {commit[:12]}")
+        source = f"{CONFIG_NAME} at {commit[:12]}"
+        text = decode_config(content, source)
+        return text, parse_config(text, source)
 
     # -- new ----------------------------------------------------------------------------
 
@@ -253,10 +253,8 @@ class Workspace:
                     "check out a branch (git switch main), or give --from REF"
                 )
             config_path = self.root / CONFIG_NAME
-            if not config_path.exists():
-                raise ConfigError(f"no {CONFIG_NAME} in {self.root}: run expman init first")
-            text = config_path.read_text(encoding="utf-8")
-            new_text, changes = apply_assignments(text, parsed)
+            text = read_config(config_path)
+            new_text, changes = apply_assignments(text, parsed, str(config_path))
             files = {CONFIG_NAME: new_text.encode()} if parsed else {}
             tree = self.repo.snapshot_worktree(files, exclude=[STATE_DIR])
             dirty = tree != self.repo.tree_of(parent)
@@ -411,16 +409,23 @@ class Workspace:
         return RemoveResult(name, ref.branch, head, not keep_checkpoints)
 
 
+def template_names() -> list[str]:
+    """The templates shipped with expman (``expman init --template NAME``)."""
+    from importlib.resources import files
+
+    return sorted(
+        entry.name
+        for entry in files("expman.templates").iterdir()
+        if entry.is_dir() and not entry.name.startswith(("_", "."))
+    )
+
+
 def template_files(name: str) -> dict[str, bytes]:
     """The files of a template shipped with expman (templates/NAME), by relative path."""
     from importlib.resources import files
 
     templates = files("expman.templates")
-    available = sorted(
-        entry.name
-        for entry in templates.iterdir()
-        if entry.is_dir() and not entry.name.startswith("_")
-    )
+    available = template_names()
     if name not in available:
         raise ConfigError(f"unknown template {name!r}: available templates: {', '.join(available)}")
     found: dict[str, bytes] = {}
@@ -436,6 +441,17 @@ def template_files(name: str) -> dict[str, bytes]:
 
     walk(templates / name, "")
     return found
+
+
+def _occupied(root: Path, name: str) -> bool:
+    """Whether writing ``root/name`` would overwrite something (a file where a folder goes too)."""
+    target = root / name
+    parents = [p for p in target.parents if p != root and root in p.parents]
+    return (
+        target.exists()
+        or target.is_symlink()
+        or any(p.exists() and not p.is_dir() for p in parents)
+    )
 
 
 def _int(text: str | None) -> int | None:

@@ -7,6 +7,7 @@ script and no other file, and prints as it shows.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 from collections.abc import Mapping, Sequence
@@ -15,11 +16,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from expman._errors import WriteError
 from expman._version import __version__
+from expman.checkpoints._durable import write_text_atomically
 from expman.experiments._runtime import read_events
 from expman.review._compare import Comparison
 
-__all__ = ["metric_series", "render_report", "svg_chart"]
+__all__ = ["metric_series", "render_report", "svg_chart", "write_report"]
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 Series = dict[str, list[tuple[int, float]]]
@@ -129,6 +132,30 @@ def render_report(
         code=data["code"],
         number=_number,
     )
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write the report whole or not at all; :class:`WriteError` says why not."""
+    if path.is_dir():
+        raise WriteError(
+            f"cannot write {path}: it is a directory: give a file name, e.g. {path / 'report.html'}"
+        )
+    try:
+        write_text_atomically(path, text)
+    except OSError as error:
+        raise WriteError(f"cannot write {path}: {_why_not(path, error)}") from error
+
+
+def _why_not(path: Path, error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"directory {path.parent} does not exist: create it or choose another path"
+    if isinstance(error, NotADirectoryError):
+        return f"{path.parent} is not a directory: choose another path"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device: free some space and retry"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the directory is not writable: fix its permissions or choose another path"
+    return f"{error.strerror or error}"
 
 
 def _number(value: Any) -> str:
