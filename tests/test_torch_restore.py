@@ -575,3 +575,84 @@ def test_a_second_writer_never_replaces_a_committed_checkpoint(tmp_path: Path) -
     )
     assert (tmp_path / "ckpt-000005.h5").read_bytes() == committed
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# -- real models resume bit for bit ---------------------------------------------------
+
+
+def gpt_trainer(kind: str, seed: int, compiled: bool) -> tuple[Any, ...]:
+    """A GPT as nanoGPT or Hugging Face build it (random weights), AdamW, GradScaler, schedule."""
+    torch.manual_seed(seed)
+    if kind == "nanogpt":
+        model: torch.nn.Module = GPT()
+    else:
+        transformers = pytest.importorskip("transformers")
+        config = transformers.GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=4,
+            vocab_size=64,
+            n_positions=16,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        model = transformers.GPT2LMHeadModel(config)
+    optimizer = nanogpt_optimizer(model)
+    scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=20)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    # backend="eager": the same OptimizedModule wrapper and names, without a C compiler.
+    wrapped = torch.compile(model, backend="eager") if compiled else model
+    return wrapped, optimizer, scheduler, scaler
+
+
+def gpt_steps(kind: str, parts: tuple[Any, ...], steps: int) -> None:
+    model, optimizer, scheduler, scaler = parts
+    model.train()
+    for _ in range(steps):
+        x, y = torch.randint(0, 64, (4, 16)), torch.randint(0, 64, (4, 16))
+        loss = model(x, y) if kind == "nanogpt" else model(input_ids=x, labels=y).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# Raised by dynamo while tracing transformers' loss (torch's own code, not expman's).
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+@pytest.mark.parametrize("kind", ["nanogpt", "gpt2"])
+@pytest.mark.parametrize(
+    ("saved", "restored"), [("plain", "plain"), ("compiled", "plain"), ("plain", "compiled")]
+)
+def test_gpt_models_resume_bit_for_bit(
+    tmp_path: Path, kind: str, saved: str, restored: str
+) -> None:
+    straight = gpt_trainer(kind, 0, compiled=False)
+    gpt_steps(kind, straight, 6)
+
+    first = gpt_trainer(kind, 0, compiled=saved == "compiled")
+    gpt_steps(kind, first, 3)
+    model, optimizer, scheduler, scaler = first
+    et.save(
+        CheckpointManager(tmp_path),
+        3,
+        model,
+        optimizer,
+        scheduler,
+        extra={"scaler": scaler},
+        force=True,
+    )
+    torch.manual_seed(999)
+
+    resumed = gpt_trainer(kind, 12345, compiled=restored == "compiled")
+    model, optimizer, scheduler, scaler = resumed
+    manager = CheckpointManager(tmp_path)
+    assert et.restore(manager, model, optimizer, scheduler, extra={"scaler": scaler}) == 3
+    assert_restored_from_file(model, tmp_path)
+    gpt_steps(kind, resumed, 3)
+    expected = et._tensors.unwrap(straight[0]).state_dict()
+    for name, value in et._tensors.unwrap(model).state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert resumed[3].state_dict() == straight[3].state_dict()
+    assert resumed[2].state_dict() == straight[2].state_dict()
