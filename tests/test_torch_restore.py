@@ -656,3 +656,43 @@ def test_gpt_models_resume_bit_for_bit(
         assert torch.equal(value, expected[name]), name
     assert resumed[3].state_dict() == straight[3].state_dict()
     assert resumed[2].state_dict() == straight[2].state_dict()
+
+
+def test_the_documented_recipe_loads_weights_without_expman(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).parent.parent / "docs" / "checkpoint-format.md").read_text()
+    section = doc.split("## Loading model weights without expman")[1]
+    recipe = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    torch.manual_seed(0)
+    model = GPT()
+    model.transformer.h[0].ln_1.to(torch.bfloat16)  # one bfloat16 module
+    optimizer = nanogpt_optimizer(model)
+    et.save(CheckpointManager(tmp_path), 7, model, optimizer, force=True)
+    torch.save(model.state_dict(), tmp_path / "reference.pt")
+    models = (Path(__file__).parent / "torch_models.py").read_text()
+    check = f"""
+import sys
+sys.modules["expman"] = None  # importing expman fails from here on
+{models}
+{recipe}
+torch.manual_seed(1)
+model = GPT()
+model.transformer.h[0].ln_1.to(torch.bfloat16)
+loaded = load_weights({str(tmp_path / "ckpt-000007.h5")!r}, model)
+reference = torch.load({str(tmp_path / "reference.pt")!r}, weights_only=True)
+assert sorted(loaded) == sorted(reference), sorted(set(loaded) ^ set(reference))
+for name, value in model.state_dict().items():
+    assert torch.equal(value, reference[name]), name
+assert model.lm_head.weight is model.transformer.wte.weight
+print("loaded", len(loaded))
+"""
+    script = tmp_path / "recipe.py"
+    script.write_text(check.replace("from __future__ import annotations\n", ""))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"loaded {len(model.state_dict())}"
