@@ -297,8 +297,10 @@ def _restore_optimizer(
     eligible = {name for name in order if name in restored} if same_class else set()
     saved = checkpoint.under(OPTIMIZER_STATE)
     wanted = [key for key in saved if key.rsplit("/", 1)[0] in eligible]
+    current = optimizer.state_dict()
+    index = {name: i for i, name in enumerate(order)}
     buffers = {
-        key: host_view(empty_like_spec(saved[key].shape, saved[key].dtype))
+        key: host_view(_state_buffer(current["state"], index, key, saved[key]))
         for key in wanted
         if saved[key].dtype != "str"
     }
@@ -307,8 +309,6 @@ def _restore_optimizer(
         names=[OPTIMIZER_STATE + key for key in wanted],
         into={OPTIMIZER_STATE + k: fillable(b) for k, b in buffers.items() if b is not None},
     )
-    current = optimizer.state_dict()
-    index = {name: i for i, name in enumerate(order)}
     with_state = {key.rsplit("/", 1)[0] for key in wanted}
     state: dict[int, dict[str, Any]] = {
         i: entries for i, entries in current["state"].items() if order[i] not in with_state
@@ -333,6 +333,26 @@ def _restore_optimizer(
     if not starts_fresh:
         return []
     return [f"optimizer: state starts fresh for {', '.join(starts_fresh)}"]
+
+
+def _state_buffer(
+    state: Mapping[int, Mapping[str, Any]], index: Mapping[str, int], key: str, spec: TensorSpec
+) -> torch.Tensor:
+    """Where to read an optimizer state tensor: the optimizer's own one if it fits, else new.
+
+    Reading into the tensors an optimizer already has keeps a restore from
+    holding two copies of its state at once.
+    """
+    parameter, slot = key.rsplit("/", 1)
+    existing = state.get(index[parameter], {}).get(slot)
+    if (
+        isinstance(existing, torch.Tensor)
+        and tuple(existing.shape) == spec.shape
+        and dtype_name(existing) == spec.dtype
+        and host_view(existing) is not None
+    ):
+        return existing
+    return empty_like_spec(spec.shape, spec.dtype)
 
 
 def _load_extra(target: Any, value: Any) -> None:
