@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 
 .PHONY: test lint demo bench clean
 
-# The suite also tests expman.torch and the TensorBoard event files (written with
+# The suite also tests expman.torch (with a tiny Hugging Face GPT-2 built in code, and
+# safetensors for bench/torch_io.py) and the TensorBoard event files (written with
 # tensorboardX, read back with tensorboard's reader): the CPU build of torch 2.13.0,
 # which this machine kind serves from its own disk (a newer or unpinned torch is a
 # multi-GB CUDA build). `make test TORCH=` leaves them out; their tests skip then,
@@ -19,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 $(BIN)/.installed-extras: $(BIN)/.installed
-	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)' 'tensorboardX>=2.6' 'tensorboard>=2.16',)
+	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)' 'tensorboardX>=2.6' 'tensorboard>=2.16' 'transformers>=4.40' 'safetensors>=0.4',)
 	touch $@
 
 lint: $(BIN)/.installed-extras

@@ -61,7 +61,13 @@ def main(mode: str) -> None:
             scheduler.step()
             expman.log_metrics(step + 1, loss=loss.item())
             expman.torch.save(
-                ckpts, step + 1, model, optimizer, scheduler, metrics={"loss": loss.item()}
+                ckpts,
+                step + 1,
+                model,
+                optimizer,
+                scheduler,
+                metrics={"loss": loss.item()},
+                last=step + 1 == start + params["steps"],  # written now, as of this step
             )
         ckpts.close()
         start += params["steps"]
