@@ -254,3 +254,34 @@ def test_ctrl_c_interrupts_the_runs_records_them_and_leaves_the_rest_queued(
     assert states(workspace) == {"c-1": "interrupted", "c-2": "queued"}
     trailers = git(workspace, "log", "-1", "--format=%(trailers:key=Status)", "exp/c-1")
     assert trailers.strip() == "Status: interrupted"
+
+
+def test_cancel_retry_and_their_errors(workspace: Path) -> None:
+    assert run_expman(workspace, "new", "a").returncode == 0
+    assert run_expman(workspace, "run", "a", "--queue").stderr == (
+        "expman: queued a (try 1): expman queue start runs it\n"
+    )
+    again = run_expman(workspace, "run", "a", "--queue")
+    assert (again.returncode, again.stderr) == (
+        1,
+        "expman: error: experiment a is already queued in the queue: see expman queue\n",
+    )
+    assert run_expman(workspace, "queue", "cancel", "a").stdout == (
+        "cancelled a (expman queue retry a queues it again)\n"
+    )
+    assert states(workspace) == {"a": "cancelled"}
+    twice = run_expman(workspace, "queue", "cancel", "a")
+    assert twice.stderr == "expman: error: experiment a is cancelled, not queued or running\n"
+    logs = run_expman(workspace, "queue", "logs", "a")
+    assert logs.stderr == "expman: error: experiment a has no log yet: it is cancelled\n"
+    assert run_expman(workspace, "queue", "retry", "a").stdout == "queued a again (try 2)\n"
+    missing = run_expman(workspace, "queue", "retry", "b")
+    assert missing.stderr == (
+        "expman: error: experiment b is not in the queue: queue it with expman run b --queue\n"
+    )
+    assert run_expman(workspace, "run", "nope", "--queue").returncode == 5
+    bad = run_expman(workspace, "queue", "start", "--resources", "GPU")
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "expman: error: invalid --resources 'GPU': expected NAME=AMOUNT, e.g. GPU=1\n",
+    )
