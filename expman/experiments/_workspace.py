@@ -401,6 +401,16 @@ class Workspace:
             kept[run.number] = [c["step"] for c in json.loads(content)] if content else []
         return kept
 
+    def params_of(self, summaries: Sequence[ExperimentSummary]) -> dict[str, dict[str, Any]]:
+        """The ``[params]`` of each experiment's head, with one git process."""
+        contents = self.repo.read_objects([f"{s.commit}:{CONFIG_NAME}" for s in summaries])
+        found = {}
+        for summary, content in zip(summaries, contents, strict=True):
+            source = f"{CONFIG_NAME} of {summary.name}"
+            config = parse_config(content.decode("utf-8"), source) if content else None
+            found[summary.name] = dict(config.params) if config else {}
+        return found
+
     def params(self, name: str) -> dict[str, Any]:
         return dict(self.experiment_config(self.head_of(name))[1].params)
 
