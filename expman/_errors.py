@@ -15,6 +15,7 @@ subclasses the builtin a Python programmer would catch::
     ├── ExperimentExistsError
     ├── ExperimentLockedError                  another run of the experiment is running
     ├── CommandNotFoundError                   the run's command does not exist
+    ├── QueueError                             a queue entry in the wrong state, no Dask
     ├── UnsupportedStateError (TypeError)     a state value that cannot be stored
     ├── WriteError (OSError)                   a file or git object cannot be written
     ├── ArchitectureMismatchError (ValueError) checkpoint and model differ
@@ -65,6 +66,7 @@ __all__ = [
     "LastStepNotSavedWarning",
     "ModelConfigChangedWarning",
     "PartialRestoreWarning",
+    "QueueError",
     "RepositoryError",
     "UnsupportedStateError",
     "UsageError",
@@ -110,6 +112,10 @@ class ExperimentLockedError(ExpmanError):
 
 class CommandNotFoundError(ExpmanError):
     """The command a run should execute is missing or cannot be started."""
+
+
+class QueueError(ExpmanError):
+    """The run queue cannot do that: an entry in the wrong state, or Dask missing."""
 
 
 class UnsupportedStateError(ExpmanError, TypeError):

@@ -12,7 +12,9 @@ import expman
 PACKAGE = Path(expman.__file__).parent
 
 # Highest first. A module may import its own layer and the layers after it.
-LAYERS = ["cli", "integrations", "review", "experiments", "checkpoints", "base"]
+LAYERS = ["cli", "integrations", "review", "queue", "experiments", "checkpoints", "base"]
+# Siblings: above experiments, below the cli, and never importing each other.
+SIBLINGS = {"review", "queue"}
 
 
 def layer_of(module: str) -> str:
@@ -23,7 +25,7 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if top == "__main__":  # python -m expman: the command line
         return "cli"
-    if top in ("cli", "review", "experiments", "checkpoints"):
+    if top in ("cli", "review", "queue", "experiments", "checkpoints"):
         return top
     if top in ("torch",):
         return "integrations"
@@ -58,11 +60,14 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
     own = LAYERS.index(layer_of(module))
     upward = sorted(name for name in expman_imports(path) if LAYERS.index(layer_of(name)) < own)
     assert upward == [], f"{module} imports a higher layer"
+    siblings = SIBLINGS - {layer_of(module)} if layer_of(module) in SIBLINGS else set()
+    sideways = sorted(name for name in expman_imports(path) if layer_of(name) in siblings)
+    assert sideways == [], f"{module} imports a sibling subsystem"
 
 
 def test_the_layer_table_knows_every_subpackage() -> None:
     subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
-    assert subpackages == ["checkpoints", "cli", "experiments", "review", "torch"]
+    assert subpackages == ["checkpoints", "cli", "experiments", "queue", "review", "torch"]
 
 
 def test_only_the_cli_imports_typer() -> None:

@@ -43,6 +43,7 @@ def test_all_is_sorted_and_pinned() -> None:
         "LastStepNotSavedWarning",
         "ModelConfigChangedWarning",
         "PartialRestoreWarning",
+        "QueueError",
         "RepositoryError",
         "RestoreReport",
         "RunOptions",
@@ -91,6 +92,15 @@ def test_only_the_format_module_imports_h5py() -> None:
         p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "h5py" in imports_of(p)
     )
     assert users == ["checkpoints/_format.py"]
+
+
+def test_only_the_queue_imports_dask() -> None:
+    users = sorted(
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if {"dask", "distributed"} & imports_of(p)
+    )
+    assert users == ["queue/_dask.py", "queue/_worker.py"]
 
 
 def test_the_architecture_comparison_is_pure() -> None:

@@ -53,12 +53,14 @@ def _root(
 
 
 def _register() -> None:
-    from expman.cli import _compare, _experiments, _inspect, _run
+    from expman.cli import _compare, _experiments, _inspect, _queue, _run, _sweep
 
     _experiments.register(app)
     _run.register(app)
     _inspect.register(app)
     _compare.register(app)
+    _sweep.register(app)
+    _queue.register(app)
 
 
 _register()

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         epilog=(
             "Examples:  expman compare base wide  |  expman compare base@1 base@2 --all  |  "
             "expman compare base wide --code  |  expman compare base wide --json  |  "
-            "expman compare base wide --html report.html"
+            "expman compare base wide --html report.html  |  expman compare --sweep lr-grid"
         ),
     )(compare)
 
@@ -37,8 +37,12 @@ def _value(value: Any) -> str:
 
 def compare(
     experiments: Annotated[
-        list[str], typer.Argument(metavar="EXPERIMENT...", help="Two or more: NAME or NAME@RUN.")
-    ],
+        list[str] | None,
+        typer.Argument(metavar="EXPERIMENT...", help="Two or more: NAME or NAME@RUN."),
+    ] = None,
+    sweep: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Compare every member of this sweep.")
+    ] = None,
     all_params: Annotated[bool, typer.Option("--all", help="Show every parameter.")] = False,
     code: Annotated[bool, typer.Option("--code", help="Show the full code diff.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (docs/cli.md).")] = False,
@@ -56,7 +60,16 @@ def compare(
     from expman.review._compare import code_diff, compare_experiments
 
     workspace = Workspace.open()
-    result = compare_experiments(workspace, experiments, key_metric=workspace.config.key_metric)
+    if sweep is not None:
+        from expman.experiments._sweep import read_sweep
+
+        experiments = [
+            *(experiments or []),
+            *(m.name for m in read_sweep(workspace, sweep).members),
+        ]
+    result = compare_experiments(
+        workspace, experiments or [], key_metric=workspace.config.key_metric
+    )
     if html is not None:
         from expman.review._report import render_report, write_report
 

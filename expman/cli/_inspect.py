@@ -28,18 +28,85 @@ def _metric(workspace: Workspace, summary: ExperimentSummary) -> str:
     return ", ".join(f"{k} {format_number(v)}" for k, v in summary.metrics.items()) or "-"
 
 
-def list_(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
-    """List every experiment: base, runs, latest step, status and metrics."""
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY", help="Order by a metric (best first) or a parameter (ascending)."
+        ),
+    ] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Reverse the --sort order.")] = False,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            metavar="EXPR",
+            help="Keep experiments where KEY OP VALUE holds (OP: < <= > >= = !=). Repeatable.",
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(metavar="KEY,...", help="Show these params and metrics as columns."),
+    ] = None,
+    sweep: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Only the members of this sweep.")
+    ] = None,
+) -> None:
+    """List every experiment: base, runs, latest step, status and metrics.
+
+    KEY is a metric (accuracy) or a parameter (lr, model.hidden_units);
+    metrics.KEY or params.KEY when a name is both.
+    """
+    from expman.experiments._select import Row, flatten, parse_filter, select
+
     workspace = Workspace.open()
     summaries = workspace.experiments()
+    filters = [parse_filter(text) for text in filter_ or []]
+    keys = [k.strip() for k in (columns or "").split(",") if k.strip()]
+    if sweep is not None:
+        from expman.experiments._sweep import read_sweep
+
+        members = {m.name for m in read_sweep(workspace, sweep).members}
+        summaries = [s for s in summaries if s.name in members]
+    rows: dict[str, Row] = {}
+    if filters or sort or keys:
+        params = workspace.params_of(summaries)
+        rows = {s.name: Row(s.name, s.metrics, flatten(params[s.name])) for s in summaries}
+        by_name = {s.name: s for s in summaries}
+        chosen = select(
+            list(rows.values()),
+            filters=filters,
+            sort=sort,
+            lower_is_better=_lower_is_better(workspace, sort),
+            reverse=reverse,
+        )
+        summaries = [by_name[row.name] for row in chosen]
     if as_json:
-        echo_json([asdict(s) for s in summaries])
+        from expman.experiments._select import lookup
+
+        data = [asdict(s) for s in summaries]
+        for item in data if keys else []:
+            item["columns"] = {k: lookup(rows[item["name"]], k) for k in keys}
+        echo_json(data)
         return
     if not summaries:
-        typer.echo("no experiments yet: create one with expman new NAME")
+        if filters or sweep:
+            typer.echo("no experiment matches")
+        else:
+            typer.echo("no experiments yet: create one with expman new NAME")
+        return
+    if keys:
+        from expman.experiments._select import lookup
+
+        header = ["NAME", "STATUS", *keys]
+        table_rows = [
+            [s.name, s.status, *(_cell(lookup(rows[s.name], k)) for k in keys)] for s in summaries
+        ]
+        typer.echo(table(header, table_rows))
         return
     header = ["NAME", "BASE", "RUNS", "STEP", "STATUS", workspace.config.key_metric or "METRICS"]
-    rows = [
+    table_rows = [
         [
             s.name,
             s.base or "-",
@@ -50,7 +117,26 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = Fal
         ]
         for s in summaries
     ]
-    typer.echo(table(header, rows))
+    typer.echo(table(header, table_rows))
+
+
+def _lower_is_better(workspace: Workspace, key: str | None) -> bool:
+    if key is None:
+        return False
+    metric = key.removeprefix("metrics.")
+    if metric == workspace.config.key_metric:
+        return workspace.config.key_metric_mode == "min"
+    from expman.experiments._runner import lower_is_better
+
+    return lower_is_better(metric)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list | dict | bool):
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+    return format_number(value)
 
 
 def _details(workspace: Workspace, name: str) -> dict[str, Any]:
@@ -105,7 +191,9 @@ def show(
         for c in details["checkpoints"]
     ]
     lines.append("  params:")
-    lines += [f"    {key} = {value!r}" for key, value in _flat(details["params"]).items()]
+    from expman.experiments._select import flatten
+
+    lines += [f"    {key} = {value!r}" for key, value in flatten(details["params"]).items()]
     typer.echo("\n".join(lines))
 
 
@@ -142,14 +230,3 @@ def log(
 
 def _metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {format_number(v)}" for k, v in metrics.items()) or "-"
-
-
-def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat

@@ -55,6 +55,10 @@ def run(
         bool,
         typer.Option("--fresh", help="Start over: earlier checkpoints move to .expman/archive/."),
     ] = False,
+    queue: Annotated[
+        bool,
+        typer.Option("--queue", help="Queue the run instead (expman queue start runs it)."),
+    ] = False,
 ) -> None:
     """Run experiment NAME in a worktree of its branch and record the run on it.
 
@@ -63,6 +67,9 @@ def run(
     command's (3 if a restore was refused for a different architecture).
     """
     workspace = Workspace.open()
+    if queue:
+        _queue_run(workspace, name, bool(command or set_ or from_checkpoint or partial or fresh))
+        return
     result = run_experiment(
         workspace,
         name,
@@ -85,3 +92,17 @@ def run(
         f"{result.record_commit[:12]} on {workspace.ref(name).branch}"
     )
     raise typer.Exit(result.exit_code)
+
+
+def _queue_run(workspace: Workspace, name: str, with_options: bool) -> None:
+    """``expman run NAME --queue``: the queue runs plain ``expman run NAME``."""
+    from expman._errors import UsageError
+    from expman.queue._queue import enqueue
+
+    if with_options:
+        raise UsageError(
+            f"--queue runs plain expman run {name}: set parameters first "
+            f"(expman new or expman run --set), then queue it"
+        )
+    entry = enqueue(workspace, [name])[0]
+    note(f"queued {name} (try {entry.attempt}): expman queue start runs it")

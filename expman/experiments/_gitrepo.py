@@ -24,7 +24,7 @@ from pathlib import Path
 
 from expman._errors import ExperimentExistsError, RepositoryError, WriteError
 
-__all__ = ["GitError", "GitRepo", "RefUpdateError"]
+__all__ = ["EMPTY_TREE", "GitError", "GitRepo", "RefUpdateError"]
 
 ZERO = "0" * 40
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -170,19 +170,26 @@ class GitRepo:
 
     def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes | None]:
         """Several files of one revision with a single git process."""
-        request = "".join(f"{revision}:{path}\n" for path in paths).encode()
+        contents = self.read_objects([f"{revision}:{path}" for path in paths])
+        return dict(zip(paths, contents, strict=True))
+
+    def read_objects(self, names: Sequence[str]) -> list[bytes | None]:
+        """Several objects (``REV:PATH``) with a single git process; None where missing."""
+        if not names:
+            return []
+        request = "".join(f"{name}\n" for name in names).encode()
         output = _run_git(["cat-file", "--batch"], self.root, input=request).stdout
-        found: dict[str, bytes | None] = {}
+        found: list[bytes | None] = []
         position = 0
-        for path in paths:
+        for _ in names:
             end = output.index(b"\n", position)
             header = output[position:end].split()
-            if header[-1] == b"missing":
-                found[path] = None
+            if header[-1] in (b"missing", b"ambiguous"):
+                found.append(None)
                 position = end + 1
                 continue
             size = int(header[2])
-            found[path] = output[end + 1 : end + 1 + size]
+            found.append(output[end + 1 : end + 1 + size])
             position = end + 1 + size + 1
         return found
 
@@ -238,7 +245,7 @@ class GitRepo:
             return self._write_tree(env, files)
 
     def tree_with(self, commit: str, files: Mapping[str, bytes]) -> str:
-        """The tree of ``commit`` with ``files`` added or replaced."""
+        """The tree of ``commit`` (a commit or a tree) with ``files`` added or replaced."""
         with self.temporary_index(commit) as env:
             return self._write_tree(env, files)
 
@@ -261,6 +268,24 @@ class GitRepo:
                 paths.append(str(path))
             return self.git("hash-object", "-w", "--", *paths).split()
 
+    def trees_with_root_files(
+        self, tree: str, variants: Sequence[Mapping[str, bytes]]
+    ) -> list[str]:
+        """One tree per variant: ``tree`` with top-level files replaced, in two git processes."""
+        entries: dict[str, str] = {}
+        for line in self.git("ls-tree", "-z", tree).split("\0")[:-1]:
+            entries[line.split("\t", 1)[1]] = line
+        contents = [content for files in variants for content in files.values()]
+        blobs = iter(self._write_blobs(contents))
+        batch = []
+        for files in variants:
+            own = dict(entries)
+            for path in files:
+                own[path] = f"100644 blob {next(blobs)}\t{path}"
+            batch.append("".join(f"{entry}\n" for entry in own.values()))
+        trees = self.git("mktree", "--batch", input="\n".join(batch).encode()).split()
+        return trees[: len(variants)]
+
     def tree_of(self, commit: str) -> str:
         return self.git("rev-parse", f"{commit}^{{tree}}").strip()
 
@@ -277,6 +302,14 @@ class GitRepo:
             if b"reference already exists" not in result.stderr:
                 raise _failure(["update-ref"], self.root, result)
             raise ExperimentExistsError(f"{what} already exists ({ref})")
+
+    def create_refs(self, refs: Mapping[str, str], *, what: str) -> None:
+        """Create every ref in one transaction: all of them, or none if any exists."""
+        lines = ["start", *(f"create {ref} {commit}" for ref, commit in refs.items()), "commit"]
+        request = "".join(f"{line}\n" for line in lines).encode()
+        result = _run_git(["update-ref", "--stdin"], self.root, input=request, check=False)
+        if result.returncode != 0:
+            raise ExperimentExistsError(f"{what}: one of the refs already exists, none was created")
 
     def move_ref(self, ref: str, new: str, old: str) -> None:
         result = _run_git(["update-ref", ref, new, old], self.root, check=False)

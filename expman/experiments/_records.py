@@ -24,6 +24,7 @@ __all__ = [
     "record_files",
     "run_message",
     "set_params_message",
+    "sweep_member_message",
 ]
 
 RECORDS_DIR = "expman-runs"
@@ -184,6 +185,31 @@ def new_experiment_message(
     return _message(
         subject, body, {"Experiment": name, "Base": base or "", "Runs": "0", "Source": source}
     )
+
+
+def sweep_member_message(
+    name: str,
+    base: str | None,
+    source: str,
+    changes: Sequence[str],
+    *,
+    sweep: str,
+    position: str,
+    seed: int | None,
+) -> str:
+    """A new experiment made by ``expman sweep``: ``Sweep:`` trailers name the sweep."""
+    subject = f"new experiment {name} of sweep {sweep}: {', '.join(changes)}"
+    body = [f"Member {position} of sweep {sweep}; snapshot of {source}, made by expman sweep."]
+    trailers = {
+        "Experiment": name,
+        "Base": base or "",
+        "Runs": "0",
+        "Source": source,
+        "Sweep": sweep,
+        "Sweep-Member": position,
+        "Sweep-Seed": "" if seed is None else str(seed),
+    }
+    return _message(subject, body, trailers)
 
 
 def set_params_message(name: str, base: str | None, runs: int, changes: Sequence[str]) -> str:

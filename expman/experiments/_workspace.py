@@ -45,6 +45,7 @@ __all__ = [
     "NewResult",
     "RemoveResult",
     "RunSummary",
+    "Source",
     "Workspace",
 ]
 
@@ -69,6 +70,21 @@ class NewResult:
     base: str | None
     source: str
     changes: tuple[AssignmentResult, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where new experiments come from: a commit, its tree and its ``expman.toml``.
+
+    ``tree`` is the snapshot itself: for the working tree, it may differ from
+    the commit's (uncommitted edits); with ``--from``, it is the commit's.
+    """
+
+    commit: str
+    tree: str
+    config_text: str
+    base: str | None
+    description: str
 
 
 @dataclass(frozen=True)
@@ -244,39 +260,40 @@ class Workspace:
                 f"experiment {name} already exists ({ref.branch}): choose another name, or "
                 f"remove it with expman rm {name}"
             )
-        if base is None:
-            parent = self.repo.head_commit()
-            branch = self.repo.head_branch()
-            if branch is None:
-                raise RepositoryError(
-                    "HEAD is detached, so the experiment would have no branch to come from: "
-                    "check out a branch (git switch main), or give --from REF"
-                )
-            config_path = self.root / CONFIG_NAME
-            text = read_config(config_path)
-            new_text, changes = apply_assignments(text, parsed, str(config_path))
-            files = {CONFIG_NAME: new_text.encode()} if parsed else {}
-            tree = self.repo.snapshot_worktree(files, exclude=[STATE_DIR])
-            dirty = tree != self.repo.tree_of(parent)
-            source = f"{branch} at {parent[:12]}" + (" with uncommitted changes" if dirty else "")
-            base_name = None
-        else:
-            parent, base_name = self._resolve_base(base)
-            text, _ = self.experiment_config(parent)
-            new_text, changes = apply_assignments(text, parsed)
-            tree = (
-                self.repo.tree_with(parent, {CONFIG_NAME: new_text.encode()})
-                if parsed
-                else self.repo.tree_of(parent)
-            )
-            source = f"{base} at {parent[:12]}"
+        source = self.source(base)
+        new_text, changes = apply_assignments(source.config_text, parsed)
+        files = {CONFIG_NAME: new_text.encode()}
+        tree = self.repo.tree_with(source.tree, files) if parsed else source.tree
         parse_config(new_text)  # the result must still be a valid config
         described = [f"{c.assignment.dotted} = {_toml_value(c.assignment.value)}" for c in changes]
         commit = self.repo.commit_tree(
-            tree, [parent], new_experiment_message(name, base_name, source, described, message)
+            tree,
+            [source.commit],
+            new_experiment_message(name, source.base, source.description, described, message),
         )
         self.repo.create_ref(str(ref), commit, what=f"experiment {name}")
-        return NewResult(name, ref.branch, commit, base_name, source, tuple(changes))
+        return NewResult(name, ref.branch, commit, source.base, source.description, tuple(changes))
+
+    def source(self, base: str | None) -> Source:
+        """What a new experiment starts from: the working tree as it is, or ``base``."""
+        if base is not None:
+            parent, base_name = self._resolve_base(base)
+            text, _ = self.experiment_config(parent)
+            tree = self.repo.tree_of(parent)
+            return Source(parent, tree, text, base_name, f"{base} at {parent[:12]}")
+        parent = self.repo.head_commit()
+        branch = self.repo.head_branch()
+        if branch is None:
+            raise RepositoryError(
+                "HEAD is detached, so the experiment would have no branch to come from: "
+                "check out a branch (git switch main), or give --from REF"
+            )
+        text = read_config(self.root / CONFIG_NAME)
+        # The config as it is now goes in with the snapshot, whether or not git tracks it.
+        tree = self.repo.snapshot_worktree({CONFIG_NAME: text.encode()}, exclude=[STATE_DIR])
+        dirty = tree != self.repo.tree_of(parent)
+        description = f"{branch} at {parent[:12]}" + (" with uncommitted changes" if dirty else "")
+        return Source(parent, tree, text, None, description)
 
     def _resolve_base(self, base: str) -> tuple[str, str]:
         """An experiment name or any git revision -> (commit, how to name it)."""
@@ -380,6 +397,16 @@ class Workspace:
             content = contents[path]
             kept[run.number] = [c["step"] for c in json.loads(content)] if content else []
         return kept
+
+    def params_of(self, summaries: Sequence[ExperimentSummary]) -> dict[str, dict[str, Any]]:
+        """The ``[params]`` of each experiment's head, with one git process."""
+        contents = self.repo.read_objects([f"{s.commit}:{CONFIG_NAME}" for s in summaries])
+        found = {}
+        for summary, content in zip(summaries, contents, strict=True):
+            source = f"{CONFIG_NAME} of {summary.name}"
+            config = parse_config(content.decode("utf-8"), source) if content else None
+            found[summary.name] = dict(config.params) if config else {}
+        return found
 
     def params(self, name: str) -> dict[str, Any]:
         return dict(self.experiment_config(self.head_of(name))[1].params)

@@ -22,7 +22,14 @@ from expman.checkpoints._durable import write_text_atomically
 from expman.experiments._runtime import read_events
 from expman.review._compare import Comparison
 
-__all__ = ["metric_series", "render_report", "svg_chart", "write_report"]
+__all__ = [
+    "metric_series",
+    "param_scatters",
+    "render_report",
+    "svg_chart",
+    "svg_scatter",
+    "write_report",
+]
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 Series = dict[str, list[tuple[int, float]]]
@@ -91,6 +98,76 @@ def svg_chart(series: Series, labels: Sequence[str], *, width: int = 520, height
     return "".join(parts)
 
 
+def svg_scatter(
+    points: Sequence[tuple[str, float, float]],
+    *,
+    x_label: str,
+    y_label: str,
+    colours: Mapping[str, str],
+    width: int = 360,
+    height: int = 240,
+) -> str:
+    """A parameter (x) against a metric (y), one dot per variant, as inline SVG."""
+    left, right, top, bottom = 56, 12, 10, 30
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        pad = abs(y0) * 0.1 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+
+    def x(value: float) -> float:
+        return left + (value - x0) / (x1 - x0) * (width - left - right)
+
+    def y(value: float) -> float:
+        return top + (1 - (value - y0) / (y1 - y0)) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" '
+        f'height="{height - top - bottom}" fill="none" stroke="#ccc"/>',
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" font-size="11">{y1:.4g}</text>',
+        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end" '
+        f'font-size="11">{y0:.4g}</text>',
+        f'<text x="{left}" y="{height - 10}" font-size="11">{x0:.4g}</text>',
+        f'<text x="{width - right}" y="{height - 10}" text-anchor="end" font-size="11">'
+        f"{html.escape(x_label)} {x1:.4g}</text>",
+    ]
+    for label, px, py in points:
+        parts.append(
+            f'<circle data-variant="{html.escape(label)}" cx="{x(px):.1f}" cy="{y(py):.1f}" '
+            f'r="4" fill="{colours[label]}"><title>{html.escape(label)}: '
+            f"{html.escape(x_label)} {px:.4g}, {html.escape(y_label)} {py:.4g}</title></circle>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def param_scatters(comparison: Comparison, colours: Mapping[str, str]) -> list[dict[str, str]]:
+    """Each differing numeric parameter against each metric's final value (a sweep's view)."""
+    labels = [v.label for v in comparison.variants]
+    data = comparison.to_json()
+    scatters = []
+    for key in comparison.params_differing:
+        values = comparison.params[key]
+        for metric, entry in data["metrics"].items():
+            points = [
+                (label, float(value), float(final))
+                for label, value, final in zip(labels, values, entry["final"], strict=True)
+                if _is_number(value) and _is_number(final) and final == final
+            ]
+            if len(points) >= 2:
+                svg = svg_scatter(points, x_label=key, y_label=metric, colours=colours)
+                scatters.append({"param": key, "metric": metric, "svg": svg})
+    return scatters
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def render_report(
     comparison: Comparison,
     *,
@@ -128,6 +205,9 @@ def render_report(
         all_params=all_params,
         metrics=data["metrics"],
         charts=[c for c in charts if c["svg"]],
+        scatters=param_scatters(
+            comparison, {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(labels)}
+        ),
         architecture=data["architecture"],
         code=data["code"],
         number=_number,
