@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from expman.cli._exit import EXIT_CODES
+from expman.experiments._supervisor import FORWARDED_SIGNALS
 
 DOC = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
 
@@ -19,4 +20,5 @@ def test_every_exit_code_is_documented_with_its_meaning() -> None:
     for _, code, meaning in EXIT_CODES:
         assert code in rows, code
         assert meaning.split(" (")[0] in rows[code], (code, meaning)
-    assert set(rows) == {0, 130} | {code for _, code, _ in EXIT_CODES}
+    signals = {128 + signum for signum in FORWARDED_SIGNALS}  # expman run, after a signal
+    assert set(rows) == {0} | signals | {code for _, code, _ in EXIT_CODES}

@@ -26,6 +26,7 @@ from expman._errors import (
     ModelConfigChangedWarning,
     PartialRestoreWarning,
 )
+from expman._text import refuse_control_characters
 from expman.checkpoints._architecture import (
     Architecture,
     ArchitectureDiff,
@@ -173,6 +174,7 @@ class CheckpointManager:
         self._raise_background_error(wait=False)
         self._check_open()
         metrics = dict(metrics or {})
+        refuse_control_characters(metrics, "metric")
         self._pending = (step, state, metrics)
         decide = force or self.policy.should_save(
             step,

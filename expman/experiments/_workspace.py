@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from expman.experiments._names import ExperimentRef, validate_name
 from expman.experiments._records import new_experiment_message, parse_metrics, record_directory
 
 __all__ = [
+    "LARGE_FILE_BYTES",
     "STATE_DIR",
     "ExperimentSummary",
     "InitResult",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 STATE_DIR = ".expman"
+LARGE_FILE_BYTES = 10_000_000  # expman new warns when it snapshots a larger untracked file
 _IGNORE_LINE = f"/{STATE_DIR}/"
 
 
@@ -67,6 +70,8 @@ class NewResult:
     base: str | None
     source: str
     changes: tuple[AssignmentResult, ...]
+    large_files: tuple[tuple[str, int], ...] = ()  # untracked files over LARGE_FILE_BYTES
+    archived_checkpoints: Path | None = None  # left by a removed experiment of that name
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,17 @@ class Workspace:
     def runs_dir(self, name: str) -> Path:
         return self.state_dir / "runs" / validate_name(name)
 
+    def archive_checkpoints(self, name: str) -> Path | None:
+        """Move an experiment's checkpoints to ``.expman/archive/NAME-<time>/`` (never delete)."""
+        directory = self.checkpoint_dir(name)
+        if not directory.is_dir() or not any(directory.iterdir()):
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        archive = self.state_dir / "archive" / f"{name}-{stamp}"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        directory.rename(archive)
+        return archive
+
     def lock(self, name: str) -> ExperimentLock:
         return ExperimentLock(self.state_dir / "locks" / f"{validate_name(name)}.lock", name)
 
@@ -258,6 +274,7 @@ class Workspace:
             text = config_path.read_text(encoding="utf-8")
             new_text, changes = apply_assignments(text, parsed)
             files = {CONFIG_NAME: new_text.encode()} if parsed else {}
+            large = self._large_untracked_files()
             tree = self.repo.snapshot_worktree(files, exclude=[STATE_DIR])
             dirty = tree != self.repo.tree_of(parent)
             source = f"{branch} at {parent[:12]}" + (" with uncommitted changes" if dirty else "")
@@ -272,13 +289,33 @@ class Workspace:
                 else self.repo.tree_of(parent)
             )
             source = f"{base} at {parent[:12]}"
+            large = ()
         parse_config(new_text)  # the result must still be a valid config
         described = [f"{c.assignment.dotted} = {_toml_value(c.assignment.value)}" for c in changes]
         commit = self.repo.commit_tree(
             tree, [parent], new_experiment_message(name, base_name, source, described, message)
         )
         self.repo.create_ref(str(ref), commit, what=f"experiment {name}")
-        return NewResult(name, ref.branch, commit, base_name, source, tuple(changes))
+        # Checkpoints left by a removed experiment of the same name (rm --keep-checkpoints)
+        # are not this one's: a first run must not resume from them.
+        archived = self.archive_checkpoints(name)
+        return NewResult(
+            name, ref.branch, commit, base_name, source, tuple(changes), large, archived
+        )
+
+    def _large_untracked_files(self) -> tuple[tuple[str, int], ...]:
+        """Untracked, not ignored files over LARGE_FILE_BYTES, which a snapshot would store."""
+        large = []
+        for path in self.repo.untracked_files():
+            if path.split("/", 1)[0] == STATE_DIR:
+                continue
+            try:
+                size = (self.root / path).lstat().st_size
+            except OSError:
+                continue
+            if size > LARGE_FILE_BYTES:
+                large.append((path, size))
+        return tuple(large)
 
     def _resolve_base(self, base: str) -> tuple[str, str]:
         """An experiment name or any git revision -> (commit, how to name it)."""
@@ -356,9 +393,12 @@ class Workspace:
                 continue
             if trailers.get("Experiment") != name:
                 continue  # a run of the experiment this one was created from
+            number = _int(trailers["Run"])
+            if number is None:
+                continue
             runs.append(
                 RunSummary(
-                    number=int(trailers["Run"]),
+                    number=number,
                     commit=entry.commit,
                     subject=entry.subject,
                     status=trailers["Status"],
