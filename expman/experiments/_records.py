@@ -200,8 +200,9 @@ def _details(record: RunRecord) -> list[str]:
         details.append("nothing logged or saved")
     else:
         details.append(f"step {record.last_step}")
-        if record.checkpoint_step is None and record.status != "succeeded":
-            details.append("no checkpoint saved")
+        if record.checkpoint_step is None:
+            if record.status != "succeeded":  # an evaluate run saves nothing, and is fine
+                details.append("no checkpoint saved")
         elif record.checkpoint_step != record.last_step:
             details.append(f"last checkpoint {record.checkpoint_step}")
     if record.final_metrics:

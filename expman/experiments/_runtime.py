@@ -126,7 +126,10 @@ def log_metrics(step: int, **metrics: float) -> None:
 
     The log sits in the checkpoint directory: the run's, else that of the last
     CheckpointManager created in this process. ``expman show``, ``log`` and
-    ``compare`` read it. With the ``tensorboard`` extra installed, the metrics
+    ``compare`` read it. Names with a control character (a newline, a tab) are
+    refused (``UsageError``): they could forge lines of the run's record. NaN
+    and infinite values are written as JSON ``null``. With the ``tensorboard``
+    extra installed, the metrics
     are also written as TensorBoard event files in the same directory.
 
     Example:
