@@ -129,8 +129,8 @@ def log_metrics(step: int, **metrics: float) -> None:
     ``compare`` read it. Names with a control character (a newline, a tab) are
     refused (``UsageError``): they could forge lines of the run's record. NaN
     and infinite values are written as JSON ``null``. With the ``tensorboard``
-    extra installed, the metrics
-    are also written as TensorBoard event files in the same directory.
+    extra installed, the metrics are also written as TensorBoard event files
+    in the same directory.
 
     Example:
         >>> expman.log_metrics(200, loss=0.081, accuracy=0.97)  # doctest: +SKIP
