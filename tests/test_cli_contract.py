@@ -200,8 +200,8 @@ def test_stale_git_lock_is_named(workspace: Path) -> None:
     result = expman(workspace, "new", "a")
     assert (result.returncode, result.stderr) == (
         4,
-        f"expman: error: git's lock file {lock} exists: if no git command is running, "
-        "delete it and retry\n",
+        f"expman: error: git update-ref failed: {lock} exists: another git process is "
+        "running here, or one was killed; if none is running, remove that file and retry\n",
     )
     assert checkout_state(workspace) == before
     lock.unlink()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from expman.cli._exit import EXIT_CODES
+from expman.experiments._supervisor import FORWARDED_SIGNALS
 from tests.cli import EXPMAN, expman
 from tests.conftest import git, make_repository, run_expman
 
@@ -23,13 +24,15 @@ ROWS = {
     if line.startswith("| ") and line[2].isdigit()
     for cells in [[c.strip() for c in line.strip("|").split("|")]]
 }
+# expman run after a signal it passed on to its command (or that killed the command).
+SIGNAL_CODES = {128 + signum for signum in FORWARDED_SIGNALS}
 
 
 def test_every_exit_code_is_documented_with_its_meaning() -> None:
     for _, code, meaning in EXIT_CODES:
         assert code in ROWS, code
         assert meaning.split(" (")[0].split(":")[0] in ROWS[code][0], (code, meaning)
-    assert set(ROWS) == {0, 130} | {code for _, code, _ in EXIT_CODES}
+    assert set(ROWS) == {0} | SIGNAL_CODES | {code for _, code, _ in EXIT_CODES}
 
 
 @pytest.fixture(scope="module")
@@ -102,5 +105,5 @@ def test_each_documented_example_returns_its_code(seeded: Path, tmp_path: Path, 
     else:
         result = expman(repo, *args[1:])
     assert result.returncode == code, (example, result.stderr)
-    if code not in (0, 3, 130):  # a run's own outcome, reported by the run
+    if code not in (0, 3, *SIGNAL_CODES):  # a run's own outcome, reported by the run
         assert result.stderr.splitlines()[-1].startswith("expman: error: "), result.stderr

@@ -304,7 +304,9 @@ def test_refused_warm_start_exits_3_and_names_every_tensor(workspace: Path) -> N
         "  dnn/hiddenlayer_0/kernel: checkpoint [4, 10] vs model [4, 20]",
         "  dnn/logits/kernel: checkpoint [10, 3] vs model [20, 3]",
     ]
-    assert lines[-1].startswith("expman: run 1 of wide refused: architecture differs from base@20")
+    assert lines[-1].startswith(
+        "expman: run 1 of wide refused (exit 3): architecture differs from base@20"
+    )
     assert "starting at step" not in refused.stdout  # refused before any weight was touched
     assert not list((workspace / ".expman" / "checkpoints" / "wide").glob("ckpt-*"))
     trailers = git(workspace, "log", "-1", "--format=%(trailers)", "exp/wide")

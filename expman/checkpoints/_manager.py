@@ -28,6 +28,7 @@ from expman._errors import (
     PartialRestoreWarning,
     UnsupportedStateError,
 )
+from expman._text import refuse_control_characters
 from expman.checkpoints._architecture import (
     Architecture,
     ArchitectureDiff,
@@ -195,6 +196,7 @@ class CheckpointManager:
         self._raise_background_error(wait=False)
         self._check_open()
         numbers = metric_values(metrics or {})
+        refuse_control_characters(numbers, "metric")
         decide = force or last or self.due(step)
         self._pending = None if last else (step, state, numbers, current)
         if decide:

@@ -113,6 +113,18 @@ def new(
         else:
             typer.echo(f"  {key} = {change.assignment.value!r}")
             note(f"{key} did not exist in expman.toml; it was added")
+    for path, size in result.large_files:
+        note(
+            f"warning: {path} ({size / 1e6:.1f} MB, untracked) was stored in {result.branch}: "
+            f"if it is data, not code, add it to .gitignore, then expman rm {result.name} "
+            f"--yes && expman new {result.name}"
+        )
+    if result.archived_checkpoints:
+        note(
+            f"checkpoints left in .expman/checkpoints/{result.name} by a removed experiment "
+            f"of that name moved to {result.archived_checkpoints}: the new one starts from "
+            "scratch"
+        )
 
 
 def rm(

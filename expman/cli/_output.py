@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import typer
 
+from expman._json import dumps
+
 __all__ = ["echo_json", "format_number", "table"]
 
 
 def echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True, allow_nan=True, default=str))
+    """Valid JSON (RFC 8259): NaN and infinities are printed as null."""
+    typer.echo(dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def format_number(value: Any) -> str:

@@ -64,7 +64,8 @@ def run(
 
     The run resumes from the experiment's latest checkpoint. Its output goes to
     the terminal and to .expman/runs/NAME/NNN/output.log. The exit code is the
-    command's (3 if a restore was refused for a different architecture).
+    command's (3 if a restore was refused for a different architecture; 130,
+    143, 129 when expman got SIGINT, SIGTERM, SIGHUP, passed on to the command).
     """
     workspace = Workspace.open()
     if queue:
@@ -87,10 +88,8 @@ def run(
         note(f"earlier checkpoints moved to {result.archived_checkpoints}")
     if result.refusal:
         note(result.refusal)
-    note(
-        f"{result.subject} (exit {result.exit_code}); recorded as "
-        f"{result.record_commit[:12]} on {workspace.ref(name).branch}"
-    )
+    branch = workspace.ref(name).branch
+    note(f"{result.subject}; recorded as {result.record_commit[:12]} on {branch}")
     raise typer.Exit(result.exit_code)
 
 

@@ -6,6 +6,7 @@ user's comments and layout, so that a parameter change is a one-line diff.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -30,6 +31,7 @@ __all__ = [
     "apply_assignments",
     "decode_config",
     "default_config_text",
+    "iso_dates",
     "parse_assignment",
     "parse_config",
     "read_config",
@@ -204,12 +206,27 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> WorkspaceConfig:
     key_metric = experiments.get("key_metric")
     return WorkspaceConfig(
         command=command,
-        params=_table(data, "params", source),
+        params=iso_dates(_table(data, "params", source)),
         policy=policy,
         branch_prefix=prefix,
         key_metric=str(key_metric) if key_metric else None,
         key_metric_mode=mode,
     )
+
+
+def iso_dates(value: Any) -> Any:
+    """TOML dates, times and datetimes (in tables and arrays too) as ISO 8601 strings.
+
+    Parameters travel as JSON (records, the run's environment), which has no
+    date type: ``1979-05-27T07:32:00Z`` becomes ``"1979-05-27T07:32:00+00:00"``.
+    """
+    if isinstance(value, datetime.date | datetime.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: iso_dates(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [iso_dates(item) for item in value]
+    return value
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -255,7 +272,7 @@ def parse_assignment(text: str) -> Assignment:
         reason = str(error).replace("nests values", "the value nests")
         hint = "" if "levels deep" in reason else ": quote it to keep it as text"
         raise InvalidAssignmentError(f"invalid --set {_shorten(text)!r}: {reason}{hint}") from None
-    return Assignment(parts, value)
+    return Assignment(parts, iso_dates(value))
 
 
 def _shorten(text: str, limit: int = 40) -> str:

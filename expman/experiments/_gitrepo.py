@@ -12,6 +12,7 @@ and refs move by compare-and-swap ``update-ref``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -68,23 +69,35 @@ def _run_git(
     return result
 
 
+_LOCK_FILE = re.compile(r"Unable to create '(.+?\.lock)': File exists")
+
+
 def _failure(
     args: Sequence[str], cwd: Path, result: subprocess.CompletedProcess[bytes]
 ) -> RepositoryError | WriteError:
     """The error a failed git command means for the user: a stale lock, a full disk, ..."""
     text = result.stderr.decode(errors="replace")
-    lock = re.search(r"Unable to create '(.+?\.lock)': File exists", text)
+    words = list(args)
+    while words[:1] == ["-C"]:
+        words = words[2:]
+    verb = words[0] if words else "git"
+    lock = _LOCK_FILE.search(text)
     if lock:
-        return RepositoryError(
-            f"git's lock file {lock[1]} exists: if no git command is running, delete it and retry"
-        )
+        return GitError(f"git {verb} failed: {lock_message(Path(lock.group(1)))}")
     if "No space left on device" in text or "Disk quota exceeded" in text:
         return WriteError(
             f"git cannot write to the repository at {cwd}: no space left on the device: "
             "free some space and retry (nothing was changed)"
         )
     lines = text.strip().splitlines()
-    return GitError(f"git {args[0]} failed: {lines[-1] if lines else result.returncode}")
+    return GitError(f"git {verb} failed: {lines[-1] if lines else 'no message'}")
+
+
+def lock_message(path: Path) -> str:
+    return (
+        f"{path} exists: another git process is running here, or one was killed; if none "
+        "is running, remove that file and retry"
+    )
 
 
 class GitRepo:
@@ -163,6 +176,11 @@ class GitRepo:
                 "git does not know who you are, and expman commits as you: run "
                 "git config user.name 'Your Name' && git config user.email you@example.com"
             )
+
+    def untracked_files(self) -> list[str]:
+        """Files git does not track and does not ignore, relative to the root."""
+        output = self.git("ls-files", "--others", "--exclude-standard", "-z")
+        return [path for path in output.split("\0") if path]
 
     def read_file(self, revision: str, path: str) -> bytes | None:
         result = _run_git(["cat-file", "blob", f"{revision}:{path}"], self.root, check=False)
@@ -325,9 +343,24 @@ class GitRepo:
 
     # -- worktrees ----------------------------------------------------------------
 
+    def check_ref_unlocked(self, ref: str) -> None:
+        """Refuse now, not after a run, if a git lock file would stop ``ref`` from moving."""
+        common = self.git_dir
+        with contextlib.suppress(OSError):
+            common = (self.git_dir / (self.git_dir / "commondir").read_text().strip()).resolve()
+        for lock in (common / f"{ref}.lock", common / "packed-refs.lock"):
+            if lock.exists():
+                raise RepositoryError(f"cannot record runs on {ref}: {lock_message(lock)}")
+
     def checkout_detached(self, path: Path, commit: str) -> None:
-        """A worktree at ``path`` with ``commit`` checked out (detached), created if needed."""
+        """A worktree at ``path`` with ``commit`` checked out (detached), created if needed.
+
+        The worktree is expman's own and the caller holds the experiment's lock,
+        so a lock file in the worktree's git directory (``index.lock``,
+        ``HEAD.lock``) was left by a git process that was killed: it is removed.
+        """
         if (path / ".git").exists():
+            _remove_stale_locks(path)
             worktree = ["-C", str(path)]
             self.git(*worktree, "checkout", "--quiet", "--force", "--detach", commit)
             self.git(*worktree, "clean", "--quiet", "-d", "--force")
@@ -342,6 +375,18 @@ class GitRepo:
 
     def diff_stat(self, a: str, b: str) -> str:
         return self.git("diff", "--stat", a, b, "--")
+
+
+def _remove_stale_locks(worktree: Path) -> None:
+    try:
+        pointer = (worktree / ".git").read_text(encoding="utf-8").strip()
+    except OSError:
+        return
+    if not pointer.startswith("gitdir: "):
+        return
+    private = worktree / pointer.removeprefix("gitdir: ")
+    for name in ("index.lock", "HEAD.lock"):
+        (private / name).unlink(missing_ok=True)
 
 
 def parse_trailers(text: str) -> dict[str, str]:

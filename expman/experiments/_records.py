@@ -9,10 +9,12 @@ A run of experiment ``wide`` is committed on ``exp/wide`` as the directory
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from expman._json import dumps
+from expman._text import one_line
 
 __all__ = [
     "RECORDS_DIR",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 RECORDS_DIR = "expman-runs"
-RunStatus = Literal["succeeded", "failed", "interrupted", "refused"]
+RunStatus = Literal["succeeded", "failed", "interrupted", "terminated", "refused", "lost"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class RunRecord:
     number: int
     run_id: str
     status: RunStatus
-    exit_code: int
+    exit_code: int | None  # None for a lost run
     command: Sequence[str]
     host: str
     started: str
@@ -64,6 +66,10 @@ class RunRecord:
     architecture: Mapping[str, Any] | None
     checkpoints: Sequence[CheckpointEntry]
     refusal: str | None = None
+    checkpoint_step: int | None = None  # this run's newest checkpoint
+    signal: str | None = None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP)
+    killed: bool = False  # killed with SIGKILL after the grace period
+    log: str | None = None  # where a lost run's output is
 
     @property
     def directory(self) -> str:
@@ -76,7 +82,7 @@ def record_directory(experiment: str, number: int) -> str:
 
 
 def _json(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True, allow_nan=True) + "\n").encode()
+    return (dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 
 def record_files(record: RunRecord) -> dict[str, bytes]:
@@ -94,9 +100,15 @@ def record_files(record: RunRecord) -> dict[str, bytes]:
         "parent_checkpoint": record.parent_checkpoint,
         "fresh": record.fresh,
         "last_step": record.last_step,
+        "checkpoint_step": record.checkpoint_step,
     }
     if record.refusal:
         run["refusal"] = record.refusal
+    if record.signal:
+        run["signal"] = record.signal
+        run["killed_after_grace"] = record.killed
+    if record.log:
+        run["log"] = record.log
     files = {
         "run.json": _json(run),
         "params.json": _json(dict(record.params)),
@@ -132,26 +144,21 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def run_message(record: RunRecord) -> str:
-    what = {
-        "succeeded": "",
-        "failed": f" failed (exit {record.exit_code})",
-        "interrupted": " interrupted",
-        "refused": " refused",
-    }[record.status]
-    details = []
-    if record.status == "refused":
-        details.append(f"architecture differs from {record.parent_checkpoint or 'the checkpoint'}")
-    elif record.last_step is not None:
-        details.append(f"step {record.last_step}")
-    if record.final_metrics and record.status != "refused":
-        details.append(format_metrics(record.final_metrics))
-    subject = f"run {record.number} of {record.experiment}{what}"
+    subject = f"run {record.number} of {record.experiment}{_outcome(record)}"
+    details = _details(record)
     if details:
         subject += ": " + ", ".join(details)
     body = [
         f"expman run {record.experiment}: {' '.join(record.command)}",
         f"{len(record.checkpoints)} checkpoint(s) kept; records in {record.directory}/.",
     ]
+    if record.killed:
+        body.append(f"The command ignored {record.signal} and was killed with SIGKILL.")
+    if record.status == "lost":
+        body.append(
+            "expman stopped before it could record this run (killed, or the machine "
+            f"restarted); recorded by the next run. Output: {record.log}."
+        )
     if record.refusal:
         body.append("")
         body.append(record.refusal)
@@ -162,14 +169,46 @@ def run_message(record: RunRecord) -> str:
         "Runs": str(record.number),
         "Run-Id": record.run_id,
         "Status": record.status,
-        "Exit-Code": str(record.exit_code),
+        "Exit-Code": "" if record.exit_code is None else str(record.exit_code),
+        "Signal": record.signal or "",
         "Step": "" if record.last_step is None else str(record.last_step),
+        "Checkpoint-Step": "" if record.checkpoint_step is None else str(record.checkpoint_step),
         "Metrics": ", ".join(f"{k}={v!r}" for k, v in record.final_metrics.items()),
         "Duration": f"{record.duration_s:.1f}s",
         "Code-Commit": record.code_commit,
         "Parent-Checkpoint": record.parent_checkpoint or "",
     }
     return _message(subject, body, trailers)
+
+
+def _outcome(record: RunRecord) -> str:
+    """`` failed (exit 1)``: how the run ended, with the exit code once."""
+    if record.status == "succeeded":
+        return ""
+    if record.status == "lost":
+        return " lost"
+    how = [record.signal] if record.signal else []
+    how.append(f"exit {record.exit_code}")
+    return f" {record.status} ({', '.join(how)})"
+
+
+def _details(record: RunRecord) -> list[str]:
+    """This run's own progress: its last step, its last checkpoint, its metrics."""
+    if record.status == "refused":
+        return [f"architecture differs from {record.parent_checkpoint or 'the checkpoint'}"]
+    details = []
+    if record.last_step is None:
+        details.append("nothing logged or saved")
+    else:
+        details.append(f"step {record.last_step}")
+        if record.checkpoint_step is None:
+            if record.status != "succeeded":  # an evaluate run saves nothing, and is fine
+                details.append("no checkpoint saved")
+        elif record.checkpoint_step != record.last_step:
+            details.append(f"last checkpoint {record.checkpoint_step}")
+    if record.final_metrics:
+        details.append(format_metrics(record.final_metrics))
+    return details
 
 
 def new_experiment_message(
@@ -219,6 +258,8 @@ def set_params_message(name: str, base: str | None, runs: int, changes: Sequence
 
 
 def _message(subject: str, body: Sequence[str], trailers: Mapping[str, str]) -> str:
-    lines = [subject, "", *body, ""]
-    lines += [f"{key}: {value}" for key, value in trailers.items() if value != ""]
+    # The subject and trailers are one line each whatever names they quote: a
+    # metric or parameter name can never add a line (a forged trailer).
+    lines = [one_line(subject), "", *body, ""]
+    lines += [f"{key}: {one_line(value)}" for key, value in trailers.items() if value != ""]
     return "\n".join(lines) + "\n"

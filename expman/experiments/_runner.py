@@ -1,10 +1,12 @@
 """``expman run``: execute an experiment's command in a worktree and record the run.
 
 The command runs in a git worktree of the experiment's branch (detached at
-the exact commit), so the user can keep editing their checkout. Output goes
-to the terminal and to ``.expman/runs/NAME/NNN/output.log``. Whatever the
-outcome (success, failure, Ctrl-C, a refused restore), the run is committed on
-the branch as a small text record.
+the exact commit), so the user can keep editing their checkout, under the
+supervisor (``_supervisor``: signals, live output, the lock's lifetime).
+Output goes to the terminal and to ``.expman/runs/NAME/NNN/output.log``.
+Whatever the outcome (success, failure, a signal, a refused restore), the run
+is committed on the branch as a small text record; a run whose supervisor
+died before recording it is recorded as ``lost`` by the next run.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from expman._errors import CheckpointError, CheckpointNotFoundError, CommandNotFoundError
+from expman._errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CommandNotFoundError,
+    ExpmanError,
+    UsageError,
+)
+from expman._json import dumps
 from expman.checkpoints._catalog import CheckpointDirectory
 from expman.experiments._config import (
     CONFIG_NAME,
@@ -37,16 +44,19 @@ from expman.experiments._config import (
     parse_config,
 )
 from expman.experiments._gitrepo import RefUpdateError
+from expman.experiments._lock import ExperimentLock
 from expman.experiments._names import validate_name
 from expman.experiments._records import (
     CheckpointEntry,
     RunRecord,
     RunStatus,
+    record_directory,
     record_files,
     run_message,
     set_params_message,
 )
-from expman.experiments._runtime import REFUSAL_NAME, RunEnvironment, read_events
+from expman.experiments._runtime import REFUSAL_NAME, RunEnvironment, events_size, read_events
+from expman.experiments._supervisor import Outcome, supervise
 from expman.experiments._workspace import Workspace
 
 __all__ = [
@@ -59,6 +69,8 @@ __all__ = [
 
 EXIT_REFUSED = 3
 EXIT_INTERRUPTED = 130
+LOG_NAME = "output.log"
+PENDING_NAME = "run.json"
 
 
 @dataclass(frozen=True)
@@ -109,14 +121,29 @@ def run_experiment(
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
 ) -> RunResult:
-    """Run experiment ``name`` and commit its record; return what happened."""
+    """Run experiment ``name`` and commit its record; return what happened.
+
+    Everything that could fail after the command is checked before it starts:
+    the parameters, the git identity the record is committed as, the run
+    directory. A run that died unrecorded is recorded as ``lost`` first.
+    """
+    out = stdout or sys.stdout.buffer
+    err = stderr or sys.stderr.buffer
     head = ws.head_of(name)
     ref = str(ws.ref(name))
-    with ws.lock(name):
+    with ws.lock(name) as lock:
         trailers = ws.latest_trailers(head)
         base = trailers.get("Base") or None
-        runs_so_far = int(trailers.get("Runs", "0") or 0)
+        runs_so_far = _int(trailers.get("Runs")) or 0
         text, config = ws.experiment_config(head)
+        # What the record needs, checked now rather than discovered after the run.
+        ws.repo.check_identity()
+        ws.repo.check_ref_unlocked(ref)
+        checkpoint_dir = ws.checkpoint_dir(name)
+        lost = _record_lost_run(ws, name, ref, head, runs_so_far + 1, base, checkpoint_dir)
+        if lost is not None:
+            head, runs_so_far = lost, runs_so_far + 1
+            _warn(err, f"run {runs_so_far} of {name} ended unrecorded; recorded it as lost")
         changes: list[str] = []
         if options.assignments:
             head, text, changes = _commit_assignments(
@@ -130,21 +157,22 @@ def run_experiment(
                 f"give one after --: expman run {name} -- python train.py"
             )
         warm_start, warm_name = _warm_start(ws, options.from_checkpoint)
-        checkpoint_dir = ws.checkpoint_dir(name)
-        archived = _archive_checkpoints(ws, name) if options.fresh else None
+        archived = ws.archive_checkpoints(name) if options.fresh else None
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         own = CheckpointDirectory(checkpoint_dir).steps()
-        if own:
-            parent_checkpoint: str | None = f"{name}@{max(own)}"
-            warm_start = None  # resuming: the experiment's own checkpoints come first
-        else:
-            parent_checkpoint = warm_name
+        if own and options.from_checkpoint:
+            raise UsageError(
+                f"experiment {name} already has checkpoints (latest step {max(own)}) and "
+                f"resumes from them, so --from-checkpoint {options.from_checkpoint} would be "
+                f"ignored: add --fresh to set them aside and start from "
+                f"{options.from_checkpoint}"
+            )
+        if not own and runs_so_far and not options.fresh:
+            _warn_missing_checkpoints(ws, name, head, runs_so_far, checkpoint_dir, err)
+        parent_checkpoint = f"{name}@{max(own)}" if own else warm_name
 
         number = runs_so_far + 1
         run_dir = ws.runs_dir(name) / f"{number:03d}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # left by a run that never got recorded
-        run_dir.mkdir(parents=True)
         worktree = ws.worktree_dir(name)
         ws.repo.checkout_detached(worktree, head)
         environment = RunEnvironment(
@@ -161,44 +189,50 @@ def run_experiment(
             partial=options.partial,
         )
         started = time.time()
-        exit_code = _execute(
+        pending = _PendingRun(
+            run_dir,
+            {
+                "run_id": environment.run_id,
+                "command": command,
+                "started": started,
+                "code_commit": head,
+                "parent_checkpoint": parent_checkpoint,
+                "fresh": options.fresh,
+                "params": dict(config.params),
+                "events_start": events_size(checkpoint_dir),
+                "checkpoints_before": sorted(own),
+            },
+        )
+        outcome = _execute(
             _resolve_command(command),
             worktree,
             {**os.environ, **environment.to_env()},
-            run_dir / "output.log",
-            stdout or sys.stdout.buffer,
-            stderr or sys.stderr.buffer,
+            pending,
+            lock,
+            out,
+            err,
         )
         duration = time.time() - started
         refusal = _read_refusal(run_dir)
-        status: RunStatus
-        if refusal is not None:
-            status, exit_code = "refused", EXIT_REFUSED
-        elif exit_code == EXIT_INTERRUPTED:
-            status = "interrupted"
-        else:
-            status = "succeeded" if exit_code == 0 else "failed"
+        status, exit_code = _status(outcome, refusal)
         record = _record(
             ws,
             name,
+            pending.data,
             number=number,
-            run_id=environment.run_id,
             status=status,
             exit_code=exit_code,
-            command=command,
-            started=started,
             duration=duration,
-            code_commit=head,
             base=base,
-            parent_checkpoint=parent_checkpoint,
-            fresh=options.fresh,
-            params=config.params,
             checkpoint_dir=checkpoint_dir,
             refusal=refusal,
             key_metric_mode=(config.key_metric, config.key_metric_mode),
+            signal_name=signal.Signals(outcome.received).name if outcome.received else None,
+            killed=outcome.killed,
         )
         message = run_message(record)
         commit = _commit_record(ws, ref, head, record, message)
+        pending.recorded()
     return RunResult(
         experiment=name,
         number=number,
@@ -206,13 +240,50 @@ def run_experiment(
         exit_code=exit_code,
         record_commit=commit,
         code_commit=head,
-        log_path=run_dir / "output.log",
+        log_path=run_dir / LOG_NAME,
         checkpoint_dir=checkpoint_dir,
         subject=message.splitlines()[0],
         refusal=refusal,
         archived_checkpoints=archived,
         changes=tuple(changes),
     )
+
+
+def _status(outcome: Outcome, refusal: str | None) -> tuple[RunStatus, int]:
+    """How the run ended, and the exit code expman ends with."""
+    if refusal is not None:
+        return "refused", EXIT_REFUSED
+    if outcome.received == signal.SIGINT:
+        return "interrupted", EXIT_INTERRUPTED
+    if outcome.received is not None:
+        return "terminated", 128 + outcome.received
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        return "interrupted", EXIT_INTERRUPTED
+    return ("succeeded" if outcome.exit_code == 0 else "failed"), outcome.exit_code
+
+
+def _warn(stream: IO[bytes], message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(f"expman: warning: {message}\n".encode())
+        stream.flush()
+
+
+def _warn_missing_checkpoints(
+    ws: Workspace, name: str, head: str, runs: int, directory: Path, err: IO[bytes]
+) -> None:
+    """The last record lists checkpoints that are not on this machine: say so before step 0."""
+    content = ws.repo.read_file(head, f"{record_directory(name, runs)}/checkpoints.json")
+    try:
+        listed = [str(entry["file"]) for entry in json.loads(content or b"[]")]
+    except (ValueError, TypeError, KeyError):
+        return
+    if listed:
+        _warn(
+            err,
+            f"run {runs} of {name} kept {', '.join(listed)}, but {directory} has none of "
+            "them (deleted, or on another machine): this run starts from step 0; stop it "
+            "and bring them back to resume, or run with --fresh to start over on purpose",
+        )
 
 
 def _commit_assignments(
@@ -228,7 +299,6 @@ def _commit_assignments(
     parsed = [parse_assignment(a) for a in assignments]
     new_text, results = apply_assignments(text, parsed)
     parse_config(new_text)
-    ws.repo.check_identity()
     described = [f"{r.assignment.dotted}={json.dumps(r.assignment.value)}" for r in results]
     tree = ws.repo.tree_with(head, {CONFIG_NAME: new_text.encode()})
     commit = ws.repo.commit_tree(tree, [head], set_params_message(name, base, runs, described))
@@ -263,18 +333,6 @@ def _warm_start(ws: Workspace, spec: str | None) -> tuple[Path | None, str | Non
     return steps[step], f"{other}@{step}"
 
 
-def _archive_checkpoints(ws: Workspace, name: str) -> Path | None:
-    """``--fresh``: move the experiment's checkpoints aside (never delete them)."""
-    directory = ws.checkpoint_dir(name)
-    if not directory.is_dir() or not any(directory.iterdir()):
-        return None
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    archive = ws.state_dir / "archive" / f"{name}-{stamp}"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    directory.rename(archive)
-    return archive
-
-
 def _resolve_command(command: list[str]) -> list[str]:
     """``python`` means the interpreter expman itself runs under (with expman installed)."""
     if command[0] in ("python", "python3"):
@@ -286,62 +344,129 @@ def _execute(
     command: list[str],
     cwd: Path,
     env: Mapping[str, str],
-    log_path: Path,
+    pending: _PendingRun,
+    lock: ExperimentLock,
     stdout: IO[bytes],
     stderr: IO[bytes],
-) -> int:
-    """Run ``command``, copying its output to the terminal and to ``log_path``."""
-    with open(log_path, "wb") as log:
-        try:
-            process = subprocess.Popen(
-                command, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+) -> Outcome:
+    """Run ``command`` under the supervisor; it inherits (and so holds) the experiment lock."""
+
+    def started(pid: int) -> None:
+        lock.note_command(pid)
+        pending.started(pid)
+
+    try:
+        with open(pending.directory / LOG_NAME, "wb") as log:
+            return supervise(
+                command,
+                cwd=cwd,
+                env=env,
+                log=log,
+                stdout=stdout,
+                stderr=stderr,
+                keep_fds=[lock.fd],
+                on_start=started,
             )
-        except OSError as error:
-            reason = error.strerror
-            if error.errno == errno.ENOEXEC:
-                reason = "it is not a program (a script needs a first line such as #!/bin/sh)"
-            raise CommandNotFoundError(
-                f"cannot start {command[0]!r}: {reason}; check [run] command in "
-                f"{CONFIG_NAME} or the command after --"
-            ) from error
-        lock = threading.Lock()
-        copiers = [
-            threading.Thread(target=_copy, args=(source, target, log, lock), daemon=True)
-            for source, target in ((process.stdout, stdout), (process.stderr, stderr))
-        ]
-        for copier in copiers:
-            copier.start()
+    except OSError as error:
+        if "pid" in pending.data:  # it started: not a failure to start
+            raise
+        pending.discard()
+        reason = error.strerror
+        if error.errno == errno.ENOEXEC:
+            reason = "it is not a program (a script needs a first line such as #!/bin/sh)"
+        raise CommandNotFoundError(
+            f"cannot start {command[0]!r}: {reason}; check [run] command in "
+            f"{CONFIG_NAME} or the command after --"
+        ) from error
+
+
+class _PendingRun:
+    """``.expman/runs/NAME/NNN/run.json``: a started run not yet recorded.
+
+    Written before the command starts (so the run directory is known to be
+    writable) and given the command's pid once it runs. The next run of the
+    experiment finds it if this one was never recorded, and records it as lost.
+    """
+
+    def __init__(self, directory: Path, data: dict[str, Any]) -> None:
+        self.directory = directory
+        self.data = data
         try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            # The terminal sent SIGINT to the whole process group; make sure the
-            # command got it too, then let it finish its own shutdown.
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            code = EXIT_INTERRUPTED
-        for copier in copiers:
-            copier.join()
-    if code < 0:
-        return EXIT_INTERRUPTED if -code == signal.SIGINT else 128 - code
-    return code
+            if directory.exists():
+                shutil.rmtree(directory)  # a run that never started its command
+            directory.mkdir(parents=True)
+            self._write()
+        except OSError as error:
+            raise ExpmanError(
+                f"cannot write the run directory {directory}: {error.strerror}; make "
+                f"{directory.parent} writable and retry"
+            ) from error
+
+    def _write(self) -> None:
+        (self.directory / PENDING_NAME).write_text(dumps(self.data), encoding="utf-8")
+
+    def started(self, pid: int) -> None:
+        self.data["pid"] = pid
+        self._write()
+
+    def recorded(self) -> None:
+        (self.directory / PENDING_NAME).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _copy(
-    source: IO[bytes] | None, target: IO[bytes], log: IO[bytes], lock: threading.Lock
-) -> None:
-    assert source is not None
-    for chunk in iter(lambda: source.read1(65536), b""):  # type: ignore[attr-defined]
-        with lock:
-            log.write(chunk)
-            log.flush()
-        with contextlib.suppress(OSError, ValueError):
-            target.write(chunk)
-            target.flush()
+def _record_lost_run(
+    ws: Workspace,
+    name: str,
+    ref: str,
+    head: str,
+    number: int,
+    base: str | None,
+    checkpoint_dir: Path,
+) -> str | None:
+    """Record run ``number`` as lost if it started and was never recorded; the new head."""
+    run_dir = ws.runs_dir(name) / f"{number:03d}"
+    log = run_dir / LOG_NAME
+    try:
+        data = json.loads((run_dir / PENDING_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = {"pid": None} if log.exists() else {}  # a log without a description
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict) or "pid" not in data:
+        shutil.rmtree(run_dir, ignore_errors=True)  # its command never started
+        return None
+    started = float(data.get("started", 0.0))
+    try:
+        ended = log.stat().st_mtime
+    except FileNotFoundError:
+        ended = started
+    data.setdefault("code_commit", head)
+    record = _record(
+        ws,
+        name,
+        data,
+        number=number,
+        status="lost",
+        exit_code=None,
+        duration=max(0.0, ended - started),
+        base=base,
+        checkpoint_dir=checkpoint_dir,
+        refusal=_read_refusal(run_dir),
+        key_metric_mode=(None, "min"),
+        log=str(log),
+    )
+    commit = _commit_record(ws, ref, head, record, run_message(record))
+    (run_dir / PENDING_NAME).unlink(missing_ok=True)
+    return commit
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
 
 
 def _read_refusal(run_dir: Path) -> str | None:
@@ -355,23 +480,21 @@ def _read_refusal(run_dir: Path) -> str | None:
 def _record(
     ws: Workspace,
     name: str,
+    run: Mapping[str, Any],
     *,
     number: int,
-    run_id: str,
     status: RunStatus,
-    exit_code: int,
-    command: list[str],
-    started: float,
+    exit_code: int | None,
     duration: float,
-    code_commit: str,
     base: str | None,
-    parent_checkpoint: str | None,
-    fresh: bool,
-    params: Mapping[str, Any],
     checkpoint_dir: Path,
     refusal: str | None,
     key_metric_mode: tuple[str | None, str],
+    signal_name: str | None = None,
+    killed: bool = False,
+    log: str | None = None,
 ) -> RunRecord:
+    """The record of a run: what it did itself (its events, its checkpoints), and what is kept."""
     catalog = CheckpointDirectory(checkpoint_dir)
     infos = catalog.infos() if catalog.steps() else []
     valid = [info for info in infos if info.valid]
@@ -385,28 +508,37 @@ def _record(
     if valid:
         with contextlib.suppress(CheckpointError):
             architecture = catalog.metadata(valid[-1].path).architecture.to_json()
-    final, best, last_step = _metrics(read_events(checkpoint_dir), valid, key_metric_mode)
+    before = set(run.get("checkpoints_before", []))
+    saved = [info for info in valid if info.step not in before]
+    events = read_events(checkpoint_dir, start=int(run.get("events_start", 0)))
+    final, best, last_step = _metrics(events, saved, key_metric_mode)
     return RunRecord(
         experiment=name,
         number=number,
-        run_id=run_id,
+        run_id=str(run.get("run_id", f"{name}-{number}")),
         status=status,
         exit_code=exit_code,
-        command=command,
+        command=list(run.get("command", [])),
         host=socket.gethostname(),
-        started=datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        started=datetime.fromtimestamp(float(run.get("started", 0.0)), UTC).isoformat(
+            timespec="seconds"
+        ),
         duration_s=duration,
-        code_commit=code_commit,
+        code_commit=str(run["code_commit"]),
         base=base,
-        parent_checkpoint=parent_checkpoint,
-        fresh=fresh,
-        params=params,
+        parent_checkpoint=run.get("parent_checkpoint"),
+        fresh=bool(run.get("fresh", False)),
+        params=dict(run.get("params", {})),
         last_step=last_step,
         final_metrics=final,
         best_metrics=best,
         architecture=architecture,
         checkpoints=checkpoints,
         refusal=refusal,
+        checkpoint_step=max((info.step for info in saved), default=None),
+        signal=signal_name,
+        killed=killed,
+        log=log,
     )
 
 
@@ -420,7 +552,7 @@ def lower_is_better(metric: str) -> bool:
 def _metrics(
     events: list[dict[str, Any]], checkpoints: Sequence[Any], key: tuple[str | None, str]
 ) -> tuple[dict[str, float], dict[str, float], int | None]:
-    """Final and best metrics, from the event log, else from the checkpoints."""
+    """Final and best metrics of one run, from its events, else from its checkpoints."""
     series: list[tuple[int, Mapping[str, float]]] = [
         (int(e["step"]), e.get("metrics", {})) for e in events if "step" in e
     ] or [(c.step, c.metrics) for c in checkpoints]
@@ -475,5 +607,6 @@ class _FileHashes:
         return digest
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.cache), encoding="utf-8")
+        with contextlib.suppress(OSError):  # only a cache
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.cache), encoding="utf-8")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from expman._errors import ConfigError
+from expman._json import dumps
+from expman._text import refuse_control_characters
 from expman.checkpoints._context import ManagerDefaults, manager_defaults, opened_directories
 from expman.experiments._config import CONFIG_NAME, parse_config
 
@@ -25,6 +27,7 @@ __all__ = [
     "EVENTS_NAME",
     "RunEnvironment",
     "current_run",
+    "events_size",
     "log_metrics",
     "params",
     "read_events",
@@ -123,8 +126,11 @@ def log_metrics(step: int, **metrics: float) -> None:
 
     The log sits in the checkpoint directory: the run's, else that of the last
     CheckpointManager created in this process. ``expman show``, ``log`` and
-    ``compare`` read it. With the ``tensorboard`` extra installed, the metrics
-    are also written as TensorBoard event files in the same directory.
+    ``compare`` read it. Names with a control character (a newline, a tab) are
+    refused (``UsageError``): they could forge lines of the run's record. NaN
+    and infinite values are written as JSON ``null``. With the ``tensorboard``
+    extra installed, the metrics are also written as TensorBoard event files
+    in the same directory.
 
     Example:
         >>> expman.log_metrics(200, loss=0.081, accuracy=0.97)  # doctest: +SKIP
@@ -139,11 +145,12 @@ def log_metrics(step: int, **metrics: float) -> None:
             "log_metrics needs a checkpoint directory: create an expman.CheckpointManager "
             "first, or run the script with expman run"
         )
+    refuse_control_characters(metrics, "metric")
     values = _floats(metrics)
     event = {"step": int(step), "time": time.time(), "metrics": values}
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / EVENTS_NAME, "a", encoding="utf-8") as log:
-        log.write(json.dumps(event, allow_nan=True) + "\n")
+        log.write(dumps(event) + "\n")
     writer = _tensorboard_writer(directory)
     if writer is not None:
         for name, value in values.items():
@@ -186,10 +193,20 @@ def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
         raise TypeError(f"metrics must be numbers: {error}") from error
 
 
-def read_events(directory: Path) -> list[dict[str, Any]]:
-    """Every event of a checkpoint directory's log; a torn last line is skipped."""
+def events_size(directory: Path) -> int:
+    """The size of a checkpoint directory's event log: where a new run's events will start."""
     try:
-        lines = (directory / EVENTS_NAME).read_text(encoding="utf-8").splitlines()
+        return (directory / EVENTS_NAME).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def read_events(directory: Path, *, start: int = 0) -> list[dict[str, Any]]:
+    """The events of a checkpoint directory's log from byte ``start``; torn lines are skipped."""
+    try:
+        with open(directory / EVENTS_NAME, "rb") as log:
+            log.seek(start)
+            lines = log.read().decode("utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return []
     events = []

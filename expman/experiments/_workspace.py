@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from expman.experiments._names import ExperimentRef, validate_name
 from expman.experiments._records import new_experiment_message, parse_metrics, record_directory
 
 __all__ = [
+    "LARGE_FILE_BYTES",
     "STATE_DIR",
     "ExperimentSummary",
     "InitResult",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 STATE_DIR = ".expman"
+LARGE_FILE_BYTES = 10_000_000  # expman new warns when it snapshots a larger untracked file
 _IGNORE_LINE = f"/{STATE_DIR}/"
 
 
@@ -70,6 +73,8 @@ class NewResult:
     base: str | None
     source: str
     changes: tuple[AssignmentResult, ...]
+    large_files: tuple[tuple[str, int], ...] = ()  # untracked files over LARGE_FILE_BYTES
+    archived_checkpoints: Path | None = None  # left by a removed experiment of that name
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,17 @@ class Workspace:
     def runs_dir(self, name: str) -> Path:
         return self.state_dir / "runs" / validate_name(name)
 
+    def archive_checkpoints(self, name: str) -> Path | None:
+        """Move an experiment's checkpoints to ``.expman/archive/NAME-<time>/`` (never delete)."""
+        directory = self.checkpoint_dir(name)
+        if not directory.is_dir() or not any(directory.iterdir()):
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        archive = self.state_dir / "archive" / f"{name}-{stamp}"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        directory.rename(archive)
+        return archive
+
     def lock(self, name: str) -> ExperimentLock:
         return ExperimentLock(self.state_dir / "locks" / f"{validate_name(name)}.lock", name)
 
@@ -260,6 +276,7 @@ class Workspace:
                 f"experiment {name} already exists ({ref.branch}): choose another name, or "
                 f"remove it with expman rm {name}"
             )
+        large = self._large_untracked_files() if base is None else ()
         source = self.source(base)
         new_text, changes = apply_assignments(source.config_text, parsed)
         files = {CONFIG_NAME: new_text.encode()}
@@ -272,7 +289,19 @@ class Workspace:
             new_experiment_message(name, source.base, source.description, described, message),
         )
         self.repo.create_ref(str(ref), commit, what=f"experiment {name}")
-        return NewResult(name, ref.branch, commit, source.base, source.description, tuple(changes))
+        # Checkpoints left by a removed experiment of the same name (rm --keep-checkpoints)
+        # are not this one's: a first run must not resume from them.
+        archived = self.archive_checkpoints(name)
+        return NewResult(
+            name,
+            ref.branch,
+            commit,
+            source.base,
+            source.description,
+            tuple(changes),
+            large,
+            archived,
+        )
 
     def source(self, base: str | None) -> Source:
         """What a new experiment starts from: the working tree as it is, or ``base``."""
@@ -294,6 +323,20 @@ class Workspace:
         dirty = tree != self.repo.tree_of(parent)
         description = f"{branch} at {parent[:12]}" + (" with uncommitted changes" if dirty else "")
         return Source(parent, tree, text, None, description)
+
+    def _large_untracked_files(self) -> tuple[tuple[str, int], ...]:
+        """Untracked, not ignored files over LARGE_FILE_BYTES, which a snapshot would store."""
+        large = []
+        for path in self.repo.untracked_files():
+            if path.split("/", 1)[0] == STATE_DIR:
+                continue
+            try:
+                size = (self.root / path).lstat().st_size
+            except OSError:
+                continue
+            if size > LARGE_FILE_BYTES:
+                large.append((path, size))
+        return tuple(large)
 
     def _resolve_base(self, base: str) -> tuple[str, str]:
         """An experiment name or any git revision -> (commit, how to name it)."""
@@ -371,9 +414,12 @@ class Workspace:
                 continue
             if trailers.get("Experiment") != name:
                 continue  # a run of the experiment this one was created from
+            number = _int(trailers["Run"])
+            if number is None:
+                continue
             runs.append(
                 RunSummary(
-                    number=int(trailers["Run"]),
+                    number=number,
                     commit=entry.commit,
                     subject=entry.subject,
                     status=trailers["Status"],
