@@ -17,6 +17,8 @@ subclasses the builtin a Python programmer would catch::
     ├── CommandNotFoundError                   the run's command does not exist
     ├── UnsupportedStateError (TypeError)     a state value that cannot be stored
     ├── ArchitectureMismatchError (ValueError) checkpoint and model differ
+    ├── RemoteError                            push/pull: store or git remote unusable
+    │   └── RemoteIntegrityError               a pulled file or manifest is not what it should be
     └── CheckpointError
         ├── CheckpointNotFoundError (LookupError)
         ├── CheckpointExistsError (FileExistsError)
@@ -60,6 +62,8 @@ __all__ = [
     "InvalidNameError",
     "ModelConfigChangedWarning",
     "PartialRestoreWarning",
+    "RemoteError",
+    "RemoteIntegrityError",
     "RepositoryError",
     "UnsupportedStateError",
     "UsageError",
@@ -194,6 +198,14 @@ class ArchitectureMismatchError(ExpmanError, ValueError):
             "for the changed model (expman new NAME)",
         ]
         return "\n".join(lines)
+
+
+class RemoteError(ExpmanError):
+    """``expman push/pull``: a store or git remote that cannot be reached or used."""
+
+
+class RemoteIntegrityError(RemoteError):
+    """A pulled file differs from its record's digest, or a manifest is missing or damaged."""
 
 
 class ExpmanWarning(UserWarning):

@@ -12,7 +12,8 @@ import expman
 PACKAGE = Path(expman.__file__).parent
 
 # Highest first. A module may import its own layer and the layers after it.
-LAYERS = ["cli", "integrations", "review", "experiments", "checkpoints", "base"]
+# review and remote sit side by side: neither imports the other.
+LAYERS = ["cli", "integrations", "review", "remote", "experiments", "checkpoints", "base"]
 
 
 def layer_of(module: str) -> str:
@@ -21,7 +22,7 @@ def layer_of(module: str) -> str:
     if parts[0] != "expman" or len(parts) == 1:
         return "base"
     top = parts[1]
-    if top in ("cli", "review", "experiments", "checkpoints"):
+    if top in ("cli", "review", "remote", "experiments", "checkpoints"):
         return top
     if top in ("torch",):
         return "integrations"
@@ -60,7 +61,7 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
 
 def test_the_layer_table_knows_every_subpackage() -> None:
     subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
-    assert subpackages == ["checkpoints", "cli", "experiments", "review"]
+    assert subpackages == ["checkpoints", "cli", "experiments", "remote", "review"]
 
 
 def test_only_the_cli_imports_typer() -> None:
@@ -74,3 +75,9 @@ def test_only_the_cli_imports_typer() -> None:
 
     users = {p.relative_to(PACKAGE).parts[0] for p in PACKAGE.rglob("*.py") if imports_typer(p)}
     assert users == {"cli"}
+
+
+def test_review_and_remote_do_not_import_each_other() -> None:
+    for side, other in (("review", "remote"), ("remote", "review")):
+        for path in (PACKAGE / side).glob("*.py"):
+            assert not any(layer_of(n) == other for n in expman_imports(path)), path

@@ -28,12 +28,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from expman.cli import _compare, _experiments, _inspect, _run
+    from expman.cli import _compare, _experiments, _inspect, _remote, _run
 
     _experiments.register(app)
     _run.register(app)
     _inspect.register(app)
     _compare.register(app)
+    _remote.register(app)  # push, pull, remote (issue 13)
 
 
 _register()

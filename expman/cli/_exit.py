@@ -14,6 +14,8 @@ from expman._errors import (
     ExpmanError,
     InvalidAssignmentError,
     InvalidNameError,
+    RemoteError,
+    RemoteIntegrityError,
     RepositoryError,
     UnsupportedStateError,
     UsageError,
@@ -35,6 +37,8 @@ EXIT_CODES: list[tuple[type[ExpmanError], int, str]] = [
     (ConfigError, 11, "expman.toml is missing or invalid"),
     (UsageError, 2, "a bad option or argument"),
     (UnsupportedStateError, 12, "a state value that cannot be stored"),
+    (RemoteIntegrityError, 14, "a pulled file or manifest does not match its record"),
+    (RemoteError, 13, "the object store or git remote cannot be used"),
     (CommandNotFoundError, 127, "the run's command cannot be started"),
     (ExpmanError, 1, "any other error expman reports"),
 ]

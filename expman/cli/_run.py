@@ -58,6 +58,8 @@ def run(
     command's (3 if a restore was refused for a different architecture).
     """
     workspace = Workspace.open()
+    if not fresh:  # a pulled experiment resumes from its latest checkpoint (issue 13)
+        _fetch_pulled_checkpoint(workspace, name)
     result = run_experiment(
         workspace,
         name,
@@ -80,3 +82,12 @@ def run(
         f"{result.record_commit[:12]} on {workspace.ref(name).branch}"
     )
     raise typer.Exit(result.exit_code)
+
+
+def _fetch_pulled_checkpoint(workspace: Workspace, name: str) -> None:
+    from expman.cli._remote import TerminalProgress
+    from expman.remote._prepare import fetch_latest_checkpoint_for_run
+
+    step = fetch_latest_checkpoint_for_run(workspace, name, progress=TerminalProgress())
+    if step is not None:
+        note(f"fetched the latest checkpoint of {name} (step {step}) from the remote, verified")
