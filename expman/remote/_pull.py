@@ -86,10 +86,9 @@ def pull_experiments(
             continue  # this machine's own files are newer: leave them
         store = store or ObjectStore(remote)
         head = available[name]
-        recorded = recorded_checkpoints(ws, name, head)
         manifest = store.read_manifest(name)
         if manifest is None:
-            if recorded:
+            if recorded_checkpoints(ws, name, head):
                 problems.append(_no_manifest(name, remote.url))
             continue
         for path, entry in manifest.files.items():
@@ -98,11 +97,10 @@ def pull_experiments(
                 continue  # checkpoints below, verified against the records
             if not (target.is_file() and sha256_of(target) == entry.sha256):
                 downloads.append((name, path, entry, target))
-        if checkpoints == "all":
-            wanted[name] = recorded
-        elif checkpoints == "latest":
+        if checkpoints != "none":  # the records are read only when checkpoints are wanted
+            recorded = recorded_checkpoints(ws, name, head)
             latest = latest_recorded(recorded)
-            wanted[name] = [latest] if latest else []
+            wanted[name] = recorded if checkpoints == "all" else [latest] if latest else []
     downloaded = _download_files(store, downloads, progress) if store else (0, 0)
     fetched: dict[str, list[int]] = {}
     if store is not None and any(wanted.values()):
