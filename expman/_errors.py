@@ -19,6 +19,8 @@ subclasses the builtin a Python programmer would catch::
     ├── UnsupportedStateError (TypeError)     a state value that cannot be stored
     ├── WriteError (OSError)                   a file or git object cannot be written
     ├── ArchitectureMismatchError (ValueError) checkpoint and model differ
+    ├── RemoteError                            push/pull: store or git remote unusable
+    │   └── RemoteIntegrityError               a pulled file or manifest is not what it should be
     └── CheckpointError
         ├── CheckpointNotFoundError (LookupError)
         ├── CheckpointExistsError (FileExistsError)
@@ -67,6 +69,8 @@ __all__ = [
     "ModelConfigChangedWarning",
     "PartialRestoreWarning",
     "QueueError",
+    "RemoteError",
+    "RemoteIntegrityError",
     "RepositoryError",
     "UnsupportedStateError",
     "UsageError",
@@ -222,6 +226,14 @@ class ArchitectureMismatchError(ExpmanError, ValueError):
             "for the changed model (expman new NAME)",
         ]
         return "\n".join(lines)
+
+
+class RemoteError(ExpmanError):
+    """``expman push/pull``: a store or git remote that cannot be reached or used."""
+
+
+class RemoteIntegrityError(RemoteError):
+    """A pulled file differs from its record's digest, or a manifest is missing or damaged."""
 
 
 def _plural(count: int, noun: str) -> str:

@@ -52,10 +52,25 @@ def _truncate_latest_checkpoint(repo: Path) -> None:
         file.truncate(latest.stat().st_size // 2)
 
 
+def _store_without_git_remote(repo: Path) -> None:
+    assert run_expman(repo, "remote", "add", "origin", str(repo.parent / "store")).returncode == 0
+
+
+def _pushed_then_manifest_deleted(repo: Path) -> None:
+    bare = repo.parent / "remote.git"
+    git(repo.parent, "init", "-q", "--bare", str(bare))
+    git(repo, "remote", "add", "origin", str(bare))
+    _store_without_git_remote(repo)
+    assert run_expman(repo, "push").returncode == 0
+    (repo.parent / "store" / "manifests" / "base.json").unlink()
+
+
 # What the example's words after the command ("HEAD detached", ...) ask for.
 SETUPS: dict[int, Callable[[Path], None]] = {
     4: lambda repo: git(repo, "checkout", "-q", "--detach"),
     8: _truncate_latest_checkpoint,
+    14: _pushed_then_manifest_deleted,
+    15: _store_without_git_remote,
 }
 
 

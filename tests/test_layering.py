@@ -12,9 +12,18 @@ import expman
 PACKAGE = Path(expman.__file__).parent
 
 # Highest first. A module may import its own layer and the layers after it.
-LAYERS = ["cli", "integrations", "review", "queue", "experiments", "checkpoints", "base"]
 # Siblings: above experiments, below the cli, and never importing each other.
-SIBLINGS = {"review", "queue"}
+LAYERS = [
+    "cli",
+    "integrations",
+    "review",
+    "queue",
+    "remote",
+    "experiments",
+    "checkpoints",
+    "base",
+]
+SIBLINGS = {"review", "queue", "remote"}
 
 
 def layer_of(module: str) -> str:
@@ -25,7 +34,7 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if top == "__main__":  # python -m expman: the command line
         return "cli"
-    if top in ("cli", "review", "queue", "experiments", "checkpoints"):
+    if top in ("cli", "review", "queue", "remote", "experiments", "checkpoints"):
         return top
     if top in ("torch",):
         return "integrations"
@@ -67,7 +76,15 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
 
 def test_the_layer_table_knows_every_subpackage() -> None:
     subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
-    assert subpackages == ["checkpoints", "cli", "experiments", "queue", "review", "torch"]
+    assert subpackages == [
+        "checkpoints",
+        "cli",
+        "experiments",
+        "queue",
+        "remote",
+        "review",
+        "torch",
+    ]
 
 
 def test_only_the_cli_imports_typer() -> None:
@@ -81,3 +98,9 @@ def test_only_the_cli_imports_typer() -> None:
 
     users = {p.relative_to(PACKAGE).parts[0] for p in PACKAGE.rglob("*.py") if imports_typer(p)}
     assert users == {"cli"}
+
+
+def test_review_and_remote_do_not_import_each_other() -> None:
+    for side, other in (("review", "remote"), ("remote", "review")):
+        for path in (PACKAGE / side).glob("*.py"):
+            assert not any(layer_of(n) == other for n in expman_imports(path)), path

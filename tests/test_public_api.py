@@ -44,6 +44,8 @@ def test_all_is_sorted_and_pinned() -> None:
         "ModelConfigChangedWarning",
         "PartialRestoreWarning",
         "QueueError",
+        "RemoteError",
+        "RemoteIntegrityError",
         "RepositoryError",
         "RestoreReport",
         "RunOptions",
@@ -101,6 +103,25 @@ def test_only_the_queue_imports_dask() -> None:
         if {"dask", "distributed"} & imports_of(p)
     )
     assert users == ["queue/_dask.py", "queue/_worker.py"]
+
+
+def test_only_the_remote_package_imports_fsspec_s3fs_or_gitpython() -> None:
+    for library, allowed in (("fsspec", "_store.py"), ("s3fs", None), ("git", "_git.py")):
+        users = sorted(
+            p.relative_to(PACKAGE).as_posix()
+            for p in PACKAGE.rglob("*.py")
+            if library in imports_of(p)
+        )
+        assert users == ([f"remote/{allowed}"] if allowed else []), library
+
+
+def test_push_and_pull_are_not_imported_by_other_commands() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, expman.cli; print(sorted({'fsspec', 'git'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["[]"]
 
 
 def test_the_architecture_comparison_is_pure() -> None:

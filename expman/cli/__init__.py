@@ -53,7 +53,7 @@ def _root(
 
 
 def _register() -> None:
-    from expman.cli import _compare, _experiments, _inspect, _queue, _run, _sweep
+    from expman.cli import _compare, _experiments, _inspect, _queue, _remote, _run, _sweep
 
     _experiments.register(app)
     _run.register(app)
@@ -61,6 +61,7 @@ def _register() -> None:
     _compare.register(app)
     _sweep.register(app)
     _queue.register(app)
+    _remote.register(app)
 
 
 _register()

@@ -14,6 +14,8 @@ from expman._errors import (
     ExpmanError,
     InvalidAssignmentError,
     InvalidNameError,
+    RemoteError,
+    RemoteIntegrityError,
     RepositoryError,
     UsageError,
     WriteError,
@@ -37,6 +39,8 @@ EXIT_CODES: list[tuple[type[ExpmanError], int, str]] = [
     (ConfigError, 11, "expman.toml is missing or invalid"),
     (UsageError, EXIT_USAGE, "a bad option or argument"),
     (WriteError, 13, "a file or git object cannot be written: full disk, missing directory"),
+    (RemoteIntegrityError, 14, "a pulled file or manifest does not match its record"),
+    (RemoteError, 15, "the object store or git remote cannot be used"),
     (CommandNotFoundError, 127, "the run's command cannot be started"),
     (ExpmanError, 1, "any other error expman reports"),
 ]

@@ -71,6 +71,8 @@ def run(
     if queue:
         _queue_run(workspace, name, bool(command or set_ or from_checkpoint or partial or fresh))
         return
+    if not fresh:  # a pulled experiment resumes from its latest checkpoint (issue 13)
+        _fetch_pulled_checkpoint(workspace, name)
     result = run_experiment(
         workspace,
         name,
@@ -105,3 +107,12 @@ def _queue_run(workspace: Workspace, name: str, with_options: bool) -> None:
         )
     entry = enqueue(workspace, [name])[0]
     note(f"queued {name} (try {entry.attempt}): expman queue start runs it")
+
+
+def _fetch_pulled_checkpoint(workspace: Workspace, name: str) -> None:
+    from expman.cli._remote import TerminalProgress
+    from expman.remote._prepare import fetch_latest_checkpoint_for_run
+
+    step = fetch_latest_checkpoint_for_run(workspace, name, progress=TerminalProgress())
+    if step is not None:
+        note(f"fetched the latest checkpoint of {name} (step {step}) from the remote, verified")

@@ -1,0 +1,1 @@
+"""Sharing experiments: branches through a git remote, files through an object store."""

@@ -1,0 +1,251 @@
+"""``expman pull``: branches from the git remote, then files from the store, verified.
+
+A branch moves only forward: a new experiment is created, one this machine is
+behind on fast-forwards, and one that both machines ran since they last met is
+left as it is and reported (nothing is lost on either side). Files come only
+from what a manifest names; every checkpoint is checked against the digest in
+the run record on the branch, then read in full as a restore would read it,
+before it takes its name in the checkpoint directory (never replacing one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from expman._errors import (
+    CheckpointError,
+    ExperimentNotFoundError,
+    RemoteIntegrityError,
+)
+from expman.checkpoints._catalog import CheckpointDirectory
+from expman.checkpoints._durable import fsync_directory, fsync_file, temporary_path
+from expman.experiments._workspace import Workspace
+from expman.remote._config import RemoteConfig
+from expman.remote._files import (
+    CHECKPOINTS,
+    RecordedCheckpoint,
+    latest_recorded,
+    local_path,
+    recorded_checkpoints,
+    sha256_of,
+)
+from expman.remote._git import GitRemote
+from expman.remote._progress import Progress
+from expman.remote._store import FileEntry, Manifest, ObjectStore
+
+__all__ = ["CheckpointChoice", "PullResult", "fetch_checkpoints", "pull_experiments"]
+
+CheckpointChoice = Literal["none", "latest", "all"]
+BranchUpdate = Literal["created", "fast-forward", "up to date", "ahead", "diverged"]
+
+
+@dataclass(frozen=True)
+class PullResult:
+    remote: str
+    url: str
+    branches: dict[str, BranchUpdate]
+    downloaded_files: int
+    downloaded_bytes: int
+    checkpoints: dict[str, list[int]] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+
+def pull_experiments(
+    ws: Workspace,
+    remote: RemoteConfig,
+    names: Sequence[str],
+    *,
+    checkpoints: CheckpointChoice,
+    progress: Progress,
+) -> PullResult:
+    """Fetch ``names`` (every experiment on the remote when empty) and their files."""
+    git_remote = GitRemote(ws.root, remote.git_remote)
+    prefix = ws.config.branch_prefix
+    git_remote.fetch(prefix, progress)
+    tracking = f"refs/remotes/{remote.git_remote}/{prefix}"
+    available = {info.ref[len(tracking) :]: info.commit for info in ws.repo.refs(tracking)}
+    for name in names:
+        if name not in available:
+            raise ExperimentNotFoundError(
+                f"the git remote {remote.git_remote} has no experiment {name} (it has "
+                f"{len(available)}): check the name, or push it from the machine that has it"
+            )
+    chosen = list(names) or sorted(available)
+    branches = {name: _update_branch(ws, git_remote, name, available[name]) for name in chosen}
+    store: ObjectStore | None = None
+    downloads: list[tuple[str, str, FileEntry, Path]] = []  # name, manifest path, entry, target
+    wanted: dict[str, list[RecordedCheckpoint]] = {}
+    problems: list[str] = []
+    for name, update in branches.items():
+        if update in ("ahead", "diverged"):
+            continue  # this machine's own files are newer: leave them
+        store = store or ObjectStore(remote)
+        head = available[name]
+        manifest = store.read_manifest(name)
+        if manifest is None:
+            if recorded_checkpoints(ws, name, head):
+                problems.append(_no_manifest(name, remote.url))
+            continue
+        for path, entry in manifest.files.items():
+            target = local_path(ws, name, path)
+            if path.startswith(CHECKPOINTS) and target.name.startswith("ckpt-"):
+                continue  # checkpoints below, verified against the records
+            if not (target.is_file() and sha256_of(target) == entry.sha256):
+                downloads.append((name, path, entry, target))
+        if checkpoints != "none":  # the records are read only when checkpoints are wanted
+            recorded = recorded_checkpoints(ws, name, head)
+            latest = latest_recorded(recorded)
+            wanted[name] = recorded if checkpoints == "all" else [latest] if latest else []
+    downloaded = _download_files(store, downloads, progress) if store else (0, 0)
+    fetched: dict[str, list[int]] = {}
+    if store is not None and any(wanted.values()):
+        fetched, files, size = fetch_checkpoints(ws, store, wanted, progress)
+        downloaded = (downloaded[0] + files, downloaded[1] + size)
+    diverged = [name for name, update in branches.items() if update == "diverged"]
+    if diverged:
+        problems.append(
+            f"{', '.join(diverged)} ran both here and on the remote since they last met; the "
+            "local branches are unchanged: compare with git log exp/NAME "
+            f"{remote.git_remote}/exp/NAME, keep one with git branch -f, or rename one"
+        )
+    return PullResult(
+        remote.name, remote.url, branches, downloaded[0], downloaded[1], fetched, tuple(problems)
+    )
+
+
+def _update_branch(ws: Workspace, git_remote: GitRemote, name: str, theirs: str) -> BranchUpdate:
+    ref = str(ws.ref(name))
+    ours = ws.repo.resolve(ref)
+    if ours is None:
+        ws.repo.create_ref(ref, theirs, what=f"experiment {name}")
+        return "created"
+    if ours == theirs:
+        return "up to date"
+    if git_remote.is_ancestor(ours, theirs):
+        ws.repo.move_ref(ref, theirs, ours)
+        return "fast-forward"
+    if git_remote.is_ancestor(theirs, ours):
+        return "ahead"
+    return "diverged"
+
+
+def _no_manifest(name: str, url: str) -> str:
+    return (
+        f"the store {url} has no manifest for {name}, whose records name checkpoints: "
+        f"its files were never pushed (or the push stopped early); run expman push {name} "
+        "on the machine that ran it"
+    )
+
+
+def _download_files(
+    store: ObjectStore, downloads: list[tuple[str, str, FileEntry, Path]], progress: Progress
+) -> tuple[int, int]:
+    """Logs and event files: downloaded beside, verified, then renamed over the old copy."""
+    temporaries = []
+    for _, _, _, target in downloads:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporaries.append(temporary_path(target))
+    try:
+        store.download(
+            [(entry, tmp) for (_, _, entry, _), tmp in zip(downloads, temporaries, strict=True)],
+            progress,
+            "downloading logs",
+        )
+        for (name, path, entry, target), temporary in zip(downloads, temporaries, strict=True):
+            _check_digest(temporary, entry, f"{path} of {name}", store.url)
+            os.replace(temporary, target)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+    return len(downloads), sum(entry.size for _, _, entry, _ in downloads)
+
+
+def fetch_checkpoints(
+    ws: Workspace,
+    store: ObjectStore,
+    wanted: dict[str, list[RecordedCheckpoint]],
+    progress: Progress,
+) -> tuple[dict[str, list[int]], int, int]:
+    """Download the checkpoints not here yet; each verified before it is committed.
+
+    Returns the steps now present per experiment, and the files and bytes downloaded.
+    """
+    jobs: list[tuple[str, RecordedCheckpoint, Path, Path]] = []
+    manifests: dict[str, Manifest] = {}
+    for name, recorded in wanted.items():
+        directory = ws.checkpoint_dir(name)
+        for checkpoint in recorded:
+            final = directory / checkpoint.file
+            if final.exists():
+                continue
+            if name not in manifests:
+                manifest = store.read_manifest(name)
+                if manifest is None:
+                    raise RemoteIntegrityError(_no_manifest(name, store.url))
+                manifests[name] = manifest
+            named = manifests[name].files.get(CHECKPOINTS + checkpoint.file)
+            if named is None or named != checkpoint.entry:
+                raise RemoteIntegrityError(
+                    f"{checkpoint.file} of {name} (step {checkpoint.step}) is not in the store's "
+                    "manifest as its record names it (its push did not finish, or another "
+                    f"machine pushed different bytes): run expman push {name} on the machine "
+                    "that ran it"
+                )
+            directory.mkdir(parents=True, exist_ok=True)
+            jobs.append((name, checkpoint, final, temporary_path(final)))
+    try:
+        store.download(
+            [(c.entry, tmp) for _, c, _, tmp in jobs], progress, "downloading checkpoints"
+        )
+        for name, checkpoint, final, temporary in jobs:
+            where = f"{checkpoint.file} of {name}"
+            _check_digest(temporary, checkpoint.entry, where, store.url)
+            _validate(temporary, where)
+            _commit_no_replace(temporary, final)
+    finally:
+        for _, _, _, temporary in jobs:
+            temporary.unlink(missing_ok=True)
+    present: dict[str, list[int]] = {}
+    for name in wanted:
+        directory = ws.checkpoint_dir(name)
+        steps = CheckpointDirectory(directory).steps() if directory.is_dir() else {}
+        if steps:
+            CheckpointDirectory(directory).write_index(max(steps), steps)
+        present[name] = sorted(steps)
+    return present, len(jobs), sum(c.entry.size for _, c, _, _ in jobs)
+
+
+def _check_digest(path: Path, entry: FileEntry, what: str, url: str) -> None:
+    digest = sha256_of(path)
+    if digest != entry.sha256 or path.stat().st_size != entry.size:
+        raise RemoteIntegrityError(
+            f"{what} from {url} does not match its digest (sha256 {digest[:12]}..., expected "
+            f"{entry.sha256[:12]}...): the object on the store is damaged and was not used; "
+            "push it again from a machine that has it"
+        )
+
+
+def _validate(path: Path, what: str) -> None:
+    """A pulled file is a stranger's file: read it in full, as a restore would."""
+    from expman.checkpoints._format import read_metadata, read_tensors
+
+    try:
+        metadata = read_metadata(path)
+        read_tensors(metadata, [t.name for t in metadata.tensors], {})
+    except CheckpointError as error:
+        raise RemoteIntegrityError(
+            f"{what} matches its digest but is not a valid checkpoint ({error}); it was not used"
+        ) from error
+
+
+def _commit_no_replace(temporary: Path, final: Path) -> None:
+    """Give the verified file its name, never replacing one (a link fails if the name exists)."""
+    fsync_file(temporary)
+    with contextlib.suppress(FileExistsError):  # the same checkpoint arrived meanwhile
+        os.link(temporary, final)
+    fsync_directory(final.parent)

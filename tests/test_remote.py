@@ -1,0 +1,510 @@
+"""expman push/pull between two clones ("machines") through a bare git remote and a real store.
+
+The store is a local directory or a real S3 API on loopback (moto's server, with
+s3fs as the client, as s3fs's own tests do). Everything is checked as a user sees
+it: exit codes, exact error lines, files on disk, git history, the store's objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli import EXPMAN, expman
+from tests.conftest import git, make_repository
+
+
+@dataclass(frozen=True)
+class Store:
+    url: str
+    options: tuple[str, ...]
+
+    def fs(self) -> Any:
+        import fsspec
+
+        kwargs = {"endpoint_url": self.options[0].split("=", 1)[1]} if self.options else {}
+        fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **kwargs)
+        return fs, root
+
+
+@dataclass(frozen=True)
+class Machines:
+    a: Path
+    b: Path
+    bare: Path
+    store: Store
+
+
+class MotoServer:
+    """moto's S3 server in this process, on a free loopback port; restartable, data kept."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server: Any = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Dummy credentials in the environment, and no user configuration to find others."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-do-not-store")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+
+
+def s3_store(moto_server: MotoServer) -> Store:
+    import s3fs
+
+    bucket = f"team-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=moto_server.endpoint, skip_instance_cache=True).mkdir(bucket)
+    return Store(f"s3://{bucket}/expman", (f"endpoint_url={moto_server.endpoint}",))
+
+
+@pytest.fixture(params=["directory", "s3"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, aws_env: None, moto_server: MotoServer
+) -> Store:
+    if request.param == "directory":
+        return Store(str(tmp_path / "store"), ())
+    return s3_store(moto_server)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def make_machines(tmp_path: Path, store: Store) -> Machines:
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    a = make_repository(tmp_path / "a")
+    git(a, "remote", "add", "origin", str(bare))
+    options = [f"--option={option}" for option in store.options]
+    ok(expman(a, "remote", "add", "origin", store.url, *options))
+    git(a, "commit", "-q", "-am", "share experiments")
+    git(a, "push", "-q", "origin", "main")
+    git(tmp_path, "clone", "-q", str(bare), "b")
+    b = tmp_path / "b"
+    git(b, "config", "user.name", "Grace Hopper")
+    git(b, "config", "user.email", "grace@example.com")
+    return Machines(a, b, bare, store)
+
+
+@pytest.fixture
+def machines(tmp_path: Path, store: Store) -> Machines:
+    return make_machines(tmp_path, store)
+
+
+def records(repo: Path, name: str, run: int) -> list[dict[str, Any]]:
+    text = git(repo, "show", f"exp/{name}:expman-runs/{name}/{run:03d}/checkpoints.json")
+    entries: list[dict[str, Any]] = json.loads(text)
+    return entries
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def checkpoint_files(repo: Path, name: str) -> list[str]:
+    directory = repo / ".expman" / "checkpoints" / name
+    return sorted(p.name for p in directory.glob("*")) if directory.is_dir() else []
+
+
+def train_and_push(machine: Path, name: str = "base") -> None:
+    ok(expman(machine, "new", name, "--set", "steps=200"))
+    ok(expman(machine, "run", name))
+    ok(expman(machine, "push", name))
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+def test_two_machines_train_push_pull_resume_and_compare(machines: Machines) -> None:
+    a, b = machines.a, machines.b
+    train_and_push(a)
+
+    pulled = ok(expman(b, "pull", "--json"))
+    summary = json.loads(pulled.stdout)
+    assert summary["branches"] == {"base": "created"}
+    assert summary["checkpoints"] == {"base": [1, 200]} or summary["checkpoints"] == {"base": [200]}
+    assert git(b, "rev-parse", "exp/base") == git(a, "rev-parse", "exp/base")
+    resumed = ok(expman(b, "run", "base"))
+    assert "starting at step 200" in resumed.stdout
+    assert "finished at step 400" in resumed.stdout
+    ok(expman(b, "push", "base"))
+
+    ok(expman(a, "pull", "--checkpoints", "all"))
+    subjects = git(a, "log", "--format=%s", "exp/base").splitlines()
+    assert subjects[:2] == [
+        "run 2 of base: step 400, loss 0.0025, accuracy 0.9975",
+        "run 1 of base: step 200, loss 0.005, accuracy 0.995",
+    ]
+    compare = ok(expman(a, "compare", "base@1", "base@2"))
+    assert "0.005" in compare.stdout
+    assert "0.0025" in compare.stdout
+    # every checkpoint the latest record names is here, byte-identical to its digest
+    directory = a / ".expman" / "checkpoints" / "base"
+    for entry in records(a, "base", 2):
+        path = directory / entry["file"]
+        assert path.stat().st_size == entry["size"]
+        assert sha256(path) == entry["sha256"]
+    # the event log came along: run 2's metrics continue run 1's
+    events = (directory / "events.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in events]
+    assert steps == list(range(1, 401))
+    assert (
+        (a / ".expman" / "runs" / "base" / "002" / "output.log")
+        .read_text()
+        .startswith("starting at step 200")
+    )
+
+
+def test_a_second_push_with_nothing_new_sends_nothing(machines: Machines) -> None:
+    train_and_push(machines.a)
+    again = json.loads(ok(expman(machines.a, "push", "--json")).stdout)
+    assert again["uploaded_files"] == 0
+    assert again["manifests_written"] == []
+
+
+def test_the_store_holds_each_file_once_by_digest(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    store = tmp_path / "store"
+    manifest = json.loads((store / "manifests" / "base.json").read_text())
+    files = manifest["files"]
+    assert sorted(files) == [
+        "checkpoints/ckpt-000001.h5",
+        "checkpoints/ckpt-000200.h5",
+        "checkpoints/events.jsonl",
+        *sorted(p for p in files if p.startswith("checkpoints/events.out.tfevents")),
+        "runs/001/output.log",
+    ]
+    for entry in records(machines.a, "base", 1):
+        assert files[f"checkpoints/{entry['file']}"] == {
+            "sha256": entry["sha256"],
+            "size": entry["size"],
+        }
+        stored = store / "objects" / "sha256" / entry["sha256"][:2] / entry["sha256"]
+        assert sha256(stored) == entry["sha256"]
+    assert len(list((store / "objects").rglob("*"))) - len(
+        list((store / "objects").rglob("*/"))
+    ) >= len(files)
+
+
+# -- two machines, one experiment ------------------------------------------------------
+
+
+def test_a_push_that_is_not_a_fast_forward_is_refused_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    a, b = machines.a, machines.b
+    train_and_push(a)
+    ok(expman(b, "pull"))
+    ok(expman(a, "run", "base", "--set", "steps=10"))
+    ok(expman(b, "run", "base", "--set", "steps=20"))
+    ok(expman(a, "push"))
+    before_b = git(b, "rev-parse", "exp/base")
+
+    refused = expman(b, "push")
+    assert refused.returncode == 15
+    assert refused.stderr == (
+        "expman: error: the git remote origin has runs of base that this machine does not "
+        "have (not a fast-forward): run expman pull base first, then push again; nothing "
+        "was lost on either side\n"
+    )
+    assert git(b, "rev-parse", "exp/base") == before_b
+    assert git(machines.bare, "rev-parse", "exp/base") == git(a, "rev-parse", "exp/base")
+
+    pulled = expman(b, "pull")
+    assert pulled.returncode == 14
+    assert "base ran both here and on the remote since they last met" in pulled.stderr
+    assert git(b, "rev-parse", "exp/base") == before_b  # B's run is still there
+
+
+# -- faults ----------------------------------------------------------------------------
+
+
+def test_a_corrupted_object_is_caught_by_its_digest_and_never_used(machines: Machines) -> None:
+    train_and_push(machines.a)
+    latest = records(machines.a, "base", 1)[-1]
+    fs, root = machines.store.fs()
+    key = f"{root}/objects/sha256/{latest['sha256'][:2]}/{latest['sha256']}"
+    data = bytearray(fs.cat_file(key))
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    fs.pipe_file(key, bytes(data))
+
+    pulled = expman(machines.b, "pull")
+    assert pulled.returncode == 14
+    assert f"expman: error: {latest['file']} of base from " in pulled.stderr
+    assert "does not match its digest" in pulled.stderr
+    assert "the object on the store is damaged and was not used" in pulled.stderr
+    assert latest["file"] not in checkpoint_files(machines.b, "base")
+    assert not [n for n in checkpoint_files(machines.b, "base") if n.startswith(".")]
+    # and a run does not start from scratch in silence either
+    run = expman(machines.b, "run", "base")
+    assert run.returncode == 14
+    assert "train" not in run.stdout
+
+
+def test_a_missing_manifest_means_no_files_are_trusted(machines: Machines) -> None:
+    train_and_push(machines.a)
+    fs, root = machines.store.fs()
+    fs.rm_file(f"{root}/manifests/base.json")
+
+    pulled = expman(machines.b, "pull")
+    assert pulled.returncode == 14
+    assert pulled.stderr.splitlines()[-1] == (
+        f"expman: error: the store {machines.store.url} has no manifest for base, whose "
+        "records name checkpoints: its files were never pushed (or the push stopped early); "
+        "run expman push base on the machine that ran it"
+    )
+    assert git(machines.b, "rev-parse", "exp/base") == git(machines.a, "rev-parse", "exp/base")
+    assert checkpoint_files(machines.b, "base") == []
+
+
+def test_run_of_a_pulled_experiment_fetches_its_latest_checkpoint_first(
+    machines: Machines,
+) -> None:
+    train_and_push(machines.a)
+    ok(expman(machines.b, "pull", "--checkpoints", "none"))
+    assert "ckpt-000200.h5" not in checkpoint_files(machines.b, "base")
+
+    run = ok(expman(machines.b, "run", "base"))
+    assert "expman: fetched the latest checkpoint of base (step 200) from the remote" in run.stderr
+    assert "starting at step 200" in run.stdout
+
+
+def test_run_without_a_remote_says_how_to_get_the_latest_checkpoint(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    ok(expman(machines.b, "pull", "--checkpoints", "none"))
+    ok(expman(machines.b, "remote", "remove", "origin"))
+
+    run = expman(machines.b, "run", "base")
+    assert run.returncode == 5
+    assert run.stderr == (
+        "expman: error: the latest checkpoint of base (ckpt-000200.h5, step 200, from run 1) "
+        "is not on this machine: fetch it with expman pull base --checkpoints latest, or "
+        "start over with expman run base --fresh\n"
+    )
+    assert run.stdout == ""
+
+
+def _big_experiment(machine: Path, megabytes: int, files: int) -> None:
+    """base, plus large TensorBoard-like event files, so a push takes a while."""
+    ok(expman(machine, "new", "base", "--set", "steps=200"))
+    ok(expman(machine, "run", "base"))
+    directory = machine / ".expman" / "checkpoints" / "base"
+    for number in range(files):
+        (directory / f"events.out.tfevents.big{number}").write_bytes(
+            os.urandom(megabytes * 1024 * 1024)
+        )
+
+
+def _wait_for_objects(fs: Any, root: str, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        fs.invalidate_cache()
+        if len(fs.find(f"{root}/objects")) >= count:
+            return
+        time.sleep(0.02)
+    pytest.fail("the push finished (or stalled) before the first objects arrived")
+
+
+def test_a_push_killed_midway_resumes_and_nothing_partial_is_ever_restored(
+    tmp_path: Path, aws_env: None, moto_server: MotoServer
+) -> None:
+    machines = make_machines(tmp_path, s3_store(moto_server))
+    _big_experiment(machines.a, megabytes=24, files=8)
+    fs, root = machines.store.fs()
+    push = subprocess.Popen(
+        [str(EXPMAN), "push"],
+        cwd=machines.a,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for_objects(fs, root, 1, push)
+    os.killpg(push.pid, signal.SIGKILL)
+    push.wait()
+    assert not fs.exists(f"{root}/manifests/base.json")
+    # what a killed push left is never used: the branch may be there, its files are not
+    pulled = expman(machines.b, "pull")
+    if git(machines.bare, "branch", "--list", "exp/base"):
+        assert pulled.returncode == 14
+        assert checkpoint_files(machines.b, "base") == []
+
+    again = json.loads(ok(expman(machines.a, "push", "--json")).stdout)
+    assert again["already_stored"] >= 1
+    assert again["manifests_written"] == ["base"]
+    ok(expman(machines.b, "pull", "--checkpoints", "all"))
+    for entry in records(machines.a, "base", 1):
+        assert (
+            sha256(machines.b / ".expman" / "checkpoints" / "base" / entry["file"])
+            == entry["sha256"]
+        )
+    big = machines.b / ".expman" / "checkpoints" / "base" / "events.out.tfevents.big7"
+    assert sha256(big) == sha256(machines.a / ".expman" / "checkpoints" / "base" / big.name)
+
+
+def test_the_server_stopped_mid_push_is_one_line_and_the_next_push_resumes(
+    tmp_path: Path, aws_env: None, moto_server: MotoServer
+) -> None:
+    machines = make_machines(tmp_path, s3_store(moto_server))
+    _big_experiment(machines.a, megabytes=24, files=8)
+    fs, root = machines.store.fs()
+    push = subprocess.Popen(
+        [str(EXPMAN), "push"],
+        cwd=machines.a,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_objects(fs, root, 1, push)
+    moto_server.stop()
+    try:
+        _, stderr = push.communicate(timeout=120)
+    finally:
+        moto_server.start()
+    assert push.returncode == 15
+    assert len(stderr.splitlines()) == 1
+    assert stderr.startswith(f"expman: error: cannot upload to {machines.store.url} (")
+    assert stderr.endswith(
+        "check the URL, the endpoint and the network, then retry (a push "
+        "resumes where it stopped)\n"
+    )
+    assert git(machines.bare, "branch", "--list", "exp/base") == ""  # objects first
+
+    again = json.loads(ok(expman(machines.a, "push", "--json")).stdout)
+    assert again["already_stored"] >= 1
+    ok(expman(machines.b, "pull"))
+    assert "ckpt-000200.h5" in checkpoint_files(machines.b, "base")
+
+
+# -- errors and credentials ------------------------------------------------------------
+
+
+def test_a_missing_bucket_is_one_line(
+    tmp_path: Path, aws_env: None, moto_server: MotoServer
+) -> None:
+    store = Store("s3://no-such-bucket/expman", (f"endpoint_url={moto_server.endpoint}",))
+    machines = make_machines(tmp_path, store)
+    ok(expman(machines.a, "new", "base", "--set", "steps=3"))
+    ok(expman(machines.a, "run", "base"))
+    push = expman(machines.a, "push")
+    assert push.returncode == 15
+    assert push.stderr == (
+        "expman: error: cannot upload to s3://no-such-bucket/expman: The specified bucket does "
+        "not exist (does the bucket or directory exist? create it, or fix the URL with expman "
+        "remote remove/add)\n"
+    )
+
+
+def test_no_credentials_is_one_line(
+    tmp_path: Path, aws_env: None, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machines = make_machines(tmp_path, s3_store(moto_server))
+    ok(expman(machines.a, "new", "base", "--set", "steps=3"))
+    ok(expman(machines.a, "run", "base"))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    push = expman(machines.a, "push")
+    assert push.returncode == 15
+    assert push.stderr.startswith(
+        f"expman: error: cannot read a manifest from {machines.store.url} (NoCredentialsError"
+    )
+    assert push.stderr.endswith(
+        "set credentials in your environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for "
+        "S3) or the storage library's configuration\n"
+    )
+
+
+def test_credentials_are_refused_in_expman_toml_and_never_written(machines: Machines) -> None:
+    added = expman(machines.a, "remote", "add", "other", "s3://b/x", "--option", "secret=abc")
+    assert added.returncode == 11
+    assert added.stderr == (
+        "expman: error: expman remote add --option: 'secret' looks like a credential, and "
+        "expman never stores credentials: set them in the environment (AWS_ACCESS_KEY_ID, "
+        "...) or in the storage library's own configuration instead\n"
+    )
+    train_and_push(machines.a)
+    ok(expman(machines.b, "pull"))
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "testing-secret-do-not-store")
+    everything = git(machines.bare, "log", "--all", "-p", "--format=%B")
+    assert secret not in everything
+    for machine in (machines.a, machines.b):
+        for path in machine.rglob("*"):
+            if path.is_file() and ".git" not in path.parts:
+                assert secret.encode() not in path.read_bytes(), path
+
+
+def test_remote_add_list_remove(workspace: Path) -> None:
+    ok(
+        expman(
+            workspace,
+            "remote",
+            "add",
+            "origin",
+            "s3://team-bucket/expman",
+            "--option",
+            "endpoint_url=http://localhost:9000",
+        )
+    )
+    listed = json.loads(ok(expman(workspace, "remote", "list", "--json")).stdout)
+    assert listed == [
+        {
+            "name": "origin",
+            "url": "s3://team-bucket/expman",
+            "git_remote": "origin",
+            "options": {"endpoint_url": "http://localhost:9000"},
+        }
+    ]
+    assert (
+        '[remote.origin]\nurl = "s3://team-bucket/expman"'
+        in (workspace / "expman.toml").read_text()
+    )
+    twice = expman(workspace, "remote", "add", "origin", "/tmp/x")
+    assert twice.returncode == 2
+    ok(expman(workspace, "remote", "remove", "origin"))
+    assert "remote" not in (workspace / "expman.toml").read_text()
+    none = expman(workspace, "push")
+    assert none.returncode == 11
+    assert none.stderr == (
+        "expman: error: no remote in expman.toml: add one with expman remote add origin "
+        "s3://bucket/path (or a directory)\n"
+    )
