@@ -272,17 +272,19 @@ def test_missing_checkpoints_listed_by_the_last_record_are_named(workspace: Path
     assert run_cli(workspace, "new", "base").returncode == 0
     assert run_cli(workspace, "run", "base").returncode == 0
     directory = workspace / ".expman" / "checkpoints" / "base"
-    kept = sorted(p.name for p in directory.glob("ckpt-*.h5"))
     for path in directory.iterdir():
         path.unlink()
-    again = run_cli(workspace, "run", "base")
-    assert again.returncode == 0, again.stderr
-    assert again.stderr.splitlines()[0] == (
-        f"expman: warning: run 1 of base kept {', '.join(kept)}, but {directory} has none of "
-        "them (deleted, or on another machine): this run starts from step 0; stop it and "
-        "bring them back to resume, or run with --fresh to start over on purpose"
+    refused = run_cli(workspace, "run", "base")
+    assert (refused.returncode, refused.stderr) == (
+        5,
+        "expman: error: the latest checkpoint of base (ckpt-000020.h5, step 20, from run 1) "
+        "is not on this machine: fetch it with expman pull base --checkpoints latest, or "
+        "start over with expman run base --fresh\n",
     )
-    assert "starting at step 0" in again.stdout
+    assert "starting at step" not in refused.stdout
+    fresh = run_cli(workspace, "run", "base", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "starting at step 0" in fresh.stdout
 
 
 def test_a_new_experiment_does_not_adopt_a_removed_ones_checkpoints(workspace: Path) -> None:
