@@ -28,6 +28,8 @@ subclasses the builtin a Python programmer would catch::
 
     ExpmanWarning (UserWarning)
     ├── PartialRestoreWarning                  tensors were skipped by a partial restore
+    ├── FreshStateWarning                      a part given to restore is not in the checkpoint
+    ├── LastStepNotSavedWarning                close() did not save a state changed after save()
     ├── ModelConfigChangedWarning              same tensors, different model config
     └── CheckpointIndexWarning                 damaged index, fell back to a scan
 """
@@ -57,8 +59,10 @@ __all__ = [
     "ExperimentNotFoundError",
     "ExpmanError",
     "ExpmanWarning",
+    "FreshStateWarning",
     "InvalidAssignmentError",
     "InvalidNameError",
+    "LastStepNotSavedWarning",
     "ModelConfigChangedWarning",
     "PartialRestoreWarning",
     "RepositoryError",
@@ -158,6 +162,9 @@ class ArchitectureMismatchError(ExpmanError, ValueError):
 
     Attributes:
         diff: the differences, tensor by tensor.
+        state_differences: other differences (tied tensors, the optimizer, the
+            scheduler, extra state), one line each, starting with what they
+            concern (``optimizer: ...``, ``lr_scheduler: ...``, ``extra scaler: ...``).
         checkpoint: the checkpoint file's path.
         experiment: the experiment that wrote the checkpoint, when recorded.
         code_commit: the commit that wrote the checkpoint, when recorded.
@@ -170,8 +177,10 @@ class ArchitectureMismatchError(ExpmanError, ValueError):
         checkpoint: str,
         experiment: str | None = None,
         code_commit: str | None = None,
+        state_differences: Sequence[str] = (),
     ) -> None:
         self.diff = diff
+        self.state_differences = tuple(state_differences)
         self.checkpoint = checkpoint
         self.experiment = experiment
         self.code_commit = code_commit
@@ -193,16 +202,24 @@ class ArchitectureMismatchError(ExpmanError, ValueError):
             origin.append(f"commit {self.code_commit[:12]}")
         written_by = f" (written by {', '.join(origin)})" if origin else ""
         count = len(self.diff.lines())
-        noun = "difference" if count == 1 else "differences"
+        counts = [f"{count} tensor {_plural(count, 'difference')}"] if count else []
+        if self.state_differences:
+            others = len(self.state_differences)
+            counts.append(f"{others} other {_plural(others, 'difference')}")
         lines = [
             f"checkpoint {self.checkpoint}{written_by} does not match the model: "
-            f"{count} tensor {noun}",
+            + ", ".join(counts or [f"{count} tensor differences"]),
             *(f"  {line}" for line in self.diff.lines()),
+            *(f"  {line}" for line in self.state_differences),
             "to proceed: restore only the matching tensors with a partial restore "
             "(partial=True, or expman run --partial), or start a new experiment "
             "for the changed model (expman new NAME)",
         ]
         return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else noun + "s"
 
 
 class ExpmanWarning(UserWarning):
@@ -215,6 +232,21 @@ class PartialRestoreWarning(ExpmanWarning):
     def __init__(self, message: str, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class FreshStateWarning(ExpmanWarning):
+    """A restore was given a part (optimizer, scheduler, extra state) the checkpoint lacks.
+
+    That part keeps its state as built: it starts fresh.
+    """
+
+
+class LastStepNotSavedWarning(ExpmanWarning):
+    """``close()`` did not save the last step: its state changed after ``save()``.
+
+    A checkpoint labelled step N holds the state as of step N; pass
+    ``last=True`` to the ``save()`` of the last step to write it then.
+    """
 
 
 class ModelConfigChangedWarning(ExpmanWarning):

@@ -60,7 +60,7 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
 
 def test_the_layer_table_knows_every_subpackage() -> None:
     subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
-    assert subpackages == ["checkpoints", "cli", "experiments", "review"]
+    assert subpackages == ["checkpoints", "cli", "experiments", "review", "torch"]
 
 
 def test_only_the_cli_imports_typer() -> None:

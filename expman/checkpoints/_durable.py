@@ -7,6 +7,7 @@ crash at any instant leaves either the old file or the new one, never a mix.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -58,14 +59,53 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def commit_file(temporary: Path, final: Path) -> None:
-    """fsync ``temporary``, rename it to ``final`` and fsync the directory."""
+def commit_file(temporary: Path, final: Path, *, replace: bool = True) -> None:
+    """fsync ``temporary``, rename it to ``final`` and fsync the directory.
+
+    With ``replace=False`` an existing ``final`` is never replaced, whichever
+    process wrote it: ``temporary`` is hard-linked to ``final`` (which fails if
+    it exists, atomically) and then unlinked, and ``FileExistsError`` is
+    raised if ``final`` exists. Where the filesystem has no hard links,
+    ``renameat2(RENAME_NOREPLACE)`` does the same.
+    """
     phase("fsync")
     fsync_file(temporary)
     phase("rename")
-    os.replace(temporary, final)
+    if replace:
+        os.replace(temporary, final)
+    else:
+        _rename_no_replace(temporary, final)
     phase("fsync-directory")
     fsync_directory(final.parent)
+
+
+def _rename_no_replace(temporary: Path, final: Path) -> None:
+    try:
+        os.link(temporary, final)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        _renameat2_no_replace(temporary, final)
+        return
+    os.unlink(temporary)
+
+
+def _renameat2_no_replace(temporary: Path, final: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(
+            errno.ENOTSUP, "this system can neither hard-link nor rename without replacing"
+        )
+    at_fdcwd, rename_noreplace = -100, 1
+    result = renameat2(
+        at_fdcwd, os.fsencode(temporary), at_fdcwd, os.fsencode(final), rename_noreplace
+    )
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(final))
 
 
 def write_text_atomically(path: Path, text: str) -> None:

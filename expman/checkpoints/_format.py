@@ -139,7 +139,7 @@ def write_checkpoint(
     ):
         # Checksums are computed on a second thread while this one writes the
         # data (both release the GIL), then stored as attributes.
-        checksums = [hasher.submit(checksum, leaf.value) for leaf in leaves]
+        checksums = _checksums(hasher, leaves)
         root = f.attrs
         root["format"] = FORMAT_NAME
         root["format_version"] = FORMAT_VERSION
@@ -171,9 +171,24 @@ def write_checkpoint(
         )
 
 
+def _checksums(hasher: ThreadPoolExecutor, leaves: Sequence[Leaf]) -> list[Future[str]]:
+    """Each leaf's checksum, computed once for tied leaves (``same_as``)."""
+    futures: dict[str, Future[str]] = {}
+    for leaf in leaves:
+        shared = futures.get(leaf.same_as) if leaf.same_as else None
+        futures[leaf.name] = shared or hasher.submit(checksum, leaf.value)
+    return [futures[leaf.name] for leaf in leaves]
+
+
 def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> h5py.Dataset:
     phase("write")
     path = tensor_path(leaf.name)
+    if leaf.same_as is not None:
+        # A tied tensor: a second hard link to the dataset already written, so
+        # it is stored once; its attributes are the first name's.
+        f[path] = f[tensor_path(leaf.same_as)]
+        dataset: h5py.Dataset = f[path]
+        return dataset
     value = leaf.value
     if isinstance(value, str):
         return f.create_dataset(path, data=value, dtype=h5py.string_dtype("utf-8"))
@@ -183,6 +198,8 @@ def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> h5py.Datas
 
 
 def _record(dataset: h5py.Dataset, leaf: Leaf, digest: str) -> TensorRecord:
+    if leaf.same_as is not None:
+        return TensorRecord(leaf.name, tensor_path(leaf.name).lstrip("/"), leaf.kind, digest)
     dataset.attrs["name"] = leaf.name
     dataset.attrs["kind"] = leaf.kind
     dataset.attrs["checksum"] = digest

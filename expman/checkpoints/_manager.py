@@ -23,8 +23,10 @@ from expman._errors import (
     CheckpointNotFoundError,
     CheckpointSaveFailedError,
     CheckpointWriteError,
+    LastStepNotSavedWarning,
     ModelConfigChangedWarning,
     PartialRestoreWarning,
+    UnsupportedStateError,
 )
 from expman.checkpoints._architecture import (
     Architecture,
@@ -45,7 +47,7 @@ from expman.checkpoints._policy import CheckpointPolicy, select_kept
 from expman.checkpoints._state import Leaf, Slot, fillable, state_leaves, state_slots, to_leaf
 from expman.checkpoints._writer import BackgroundWriter
 
-__all__ = ["CheckpointManager", "RestoreReport"]
+__all__ = ["CheckpointManager", "RestoreReport", "metric_values"]
 
 logger = logging.getLogger("expman")
 
@@ -140,12 +142,17 @@ class CheckpointManager:
         self._started_empty = self._latest_step is None
         self._saved_any = False
         self._last_save_time = time.monotonic()
-        self._pending: tuple[int, Any, Mapping[str, float]] | None = None
+        self._pending: tuple[int, Any, Mapping[str, float], Callable[[], bool] | None] | None = None
         self._restored_step: int | None = None
         self._closed = False
         with contextlib.suppress(OSError):  # a read-only directory can still be restored
             remove_stale_temporaries(self.directory)
         remember_directory(self.directory)
+
+    @property
+    def partial_by_default(self) -> bool:
+        """Whether a restore without ``partial=`` is partial (``expman run --partial``)."""
+        return self._partial_default
 
     # -- saving ---------------------------------------------------------------
 
@@ -154,10 +161,12 @@ class CheckpointManager:
         step: int,
         state: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         *,
-        metrics: Mapping[str, float] | None = None,
+        metrics: Mapping[str, Any] | None = None,
         force: bool = False,
+        last: bool = False,
+        current: Callable[[], bool] | None = None,
     ) -> bool:
-        """Save ``state`` as ``step`` if the policy says so (or ``force``).
+        """Save ``state`` as ``step`` if the policy says so (or ``force``, or ``last``).
 
         Call it after every training step: it returns at once when the policy
         says not to save. ``state`` may be a function returning the state; it
@@ -165,25 +174,41 @@ class CheckpointManager:
         copies tensors off the device only then). Returns whether a checkpoint
         was written (scheduled, with ``async_save``).
 
+        A checkpoint labelled step N holds the state as of step N. Pass
+        ``last=True`` at the last step: it is written then, as the policy's
+        "last step" rule asks. Otherwise :meth:`close` writes the last step
+        not yet saved, from ``state`` as it is at close time; ``current``, if
+        given, tells whether that is still the state of ``step`` (a framework
+        adapter checks that no tensor changed), and when it says no, close
+        writes nothing and warns (:class:`LastStepNotSavedWarning`).
+
+        Metrics are numbers: ``int``, ``float``, numpy scalars, 0-d arrays and
+        0-d tensors (converted with ``.item()``); anything else is refused here.
+
         Raises:
-            UnsupportedStateError: a value cannot be stored; nothing is written.
-            CheckpointExistsError: ``step`` is not newer than the latest checkpoint.
+            UnsupportedStateError: a value or metric cannot be stored; nothing is written.
+            CheckpointExistsError: ``step`` is not newer than the latest checkpoint,
+                or another process committed it first.
             CheckpointWriteError: the write failed; earlier checkpoints are intact.
             CheckpointSaveFailedError: an earlier asynchronous save failed.
         """
         self._raise_background_error(wait=False)
         self._check_open()
-        metrics = dict(metrics or {})
-        self._pending = (step, state, metrics)
-        decide = force or self.policy.should_save(
+        numbers = metric_values(metrics or {})
+        decide = force or last or self.due(step)
+        self._pending = None if last else (step, state, numbers, current)
+        if decide:
+            self._save_now(step, state, numbers)
+        return decide
+
+    def due(self, step: int) -> bool:
+        """Whether the policy would write ``save(step)`` now (without ``force``/``last``)."""
+        return self.policy.should_save(
             step,
             now=time.monotonic(),
             last_save_time=self._last_save_time,
             first_in_directory=self._started_empty and not self._saved_any,
         )
-        if decide:
-            self._save_now(step, state, metrics)
-        return decide
 
     def _save_now(
         self,
@@ -227,7 +252,14 @@ class CheckpointManager:
                 code_commit=self.code_commit,
                 compression=self.compression,
             )
-            commit_file(temporary, final)
+            commit_file(temporary, final, replace=False)
+        except FileExistsError as error:
+            _remove_quietly(temporary)
+            raise CheckpointExistsError(
+                f"cannot save step {step}: another process committed {final} meanwhile "
+                "(two writers in one checkpoint directory); committed checkpoints are never "
+                "replaced: let one process write (under torch.distributed, rank 0)"
+            ) from error
         except OSError as error:
             _remove_quietly(temporary)
             raise CheckpointWriteError(
@@ -262,17 +294,30 @@ class CheckpointManager:
         """Save the last step if it was not saved, and wait for pending work.
 
         The last step is the one given to the last :meth:`save` call, with the
-        state given there. Calling ``close`` twice is harmless. A temporary
-        directory (no directory given, outside ``expman run``) that stayed
-        empty is removed.
+        state given there, as it is now: modify nothing after the last
+        ``save()``, or pass ``last=True`` to it (then close writes nothing). A
+        state whose ``current`` check fails is not written
+        (:class:`LastStepNotSavedWarning`). Calling ``close`` twice is harmless.
+        A temporary directory (no directory given, outside ``expman run``)
+        that stayed empty is removed.
         """
         if self._closed:
             return
         try:
             self._raise_background_error()
             if self._pending is not None:
-                step, state, metrics = self._pending
-                if self._latest_step is None or step > self._latest_step:
+                step, state, metrics, current = self._pending
+                if self._latest_step is not None and step <= self._latest_step:
+                    pass
+                elif current is not None and not current():
+                    warnings.warn(
+                        f"step {step} was not saved at close(): the state changed after "
+                        f"save({step}), and a checkpoint labelled step {step} must hold the "
+                        "state of that step; pass last=True to the save() of the last step",
+                        LastStepNotSavedWarning,
+                        stacklevel=2,
+                    )
+                else:
                     self._save_now(step, state, metrics)
             self._raise_background_error()
         finally:
@@ -310,6 +355,10 @@ class CheckpointManager:
         """
         if isinstance(leaf.value, str):
             return leaf
+        if leaf.same_as is not None:  # a tied leaf shares the buffer of its first name
+            return Leaf(
+                leaf.name, leaf.kind, self._staging[leaf.same_as], leaf.bits_dtype, leaf.same_as
+            )
         buffer = self._staging.get(leaf.name)
         if buffer is None or buffer.shape != leaf.value.shape or buffer.dtype != leaf.value.dtype:
             buffer = np.empty(leaf.value.shape, leaf.value.dtype)
@@ -433,24 +482,28 @@ class CheckpointManager:
         *,
         recorded: Architecture | None = None,
         partial: bool | None = None,
+        state_differences: Sequence[str] = (),
         stacklevel: int = 2,
     ) -> ArchitectureDiff:
         """Compare a checkpoint's architecture with the model's, before reading any tensor.
 
-        Raises :class:`ArchitectureMismatchError` if the tensors differ, unless
-        ``partial``; warns if only the model config differs. ``recorded``
-        replaces the checkpoint's architecture (a framework adapter passes the
-        part that describes the model).
+        Raises :class:`ArchitectureMismatchError` if the tensors differ or
+        ``state_differences`` (lines a framework adapter found in the
+        optimizer, scheduler or extra state) is not empty, unless ``partial``;
+        warns if only the model config differs. ``recorded`` replaces the
+        checkpoint's architecture (a framework adapter passes the part that
+        describes the model).
         """
         if partial is None:
             partial = self._partial_default
         diff = compare_architectures(recorded or meta.architecture, model)
-        if not diff.tensors_match and not partial:
+        if (not diff.tensors_match or state_differences) and not partial:
             error = ArchitectureMismatchError(
                 diff,
                 checkpoint=str(meta.path),
                 experiment=meta.experiment,
                 code_commit=meta.code_commit,
+                state_differences=state_differences,
             )
             leave_refusal(error)
             raise error
@@ -464,10 +517,19 @@ class CheckpointManager:
         return diff
 
     def report_restore(
-        self, meta: CheckpointMetadata, diff: ArchitectureDiff, *, stacklevel: int = 2
+        self,
+        meta: CheckpointMetadata,
+        diff: ArchitectureDiff,
+        *,
+        skipped: Sequence[str] = (),
+        stacklevel: int = 2,
     ) -> RestoreReport:
-        """Record a finished restore (:attr:`last_restore`), warning about what was skipped."""
-        report = RestoreReport(meta.step, meta.path, diff.matching, tuple(diff.lines()))
+        """Record a finished restore (:attr:`last_restore`), warning about what was skipped.
+
+        ``skipped`` adds lines about state outside the model's tensors that a
+        partial restore left fresh (a framework adapter's optimizer state).
+        """
+        report = RestoreReport(meta.step, meta.path, diff.matching, (*diff.lines(), *skipped))
         self.last_restore = report
         if meta.path.parent == self.directory:
             self._restored_step = meta.step
@@ -538,6 +600,23 @@ class CheckpointManager:
     def unpin(self, step: int) -> None:
         """Let retention remove checkpoint ``step`` again."""
         self._catalog.unpin(step)
+
+
+def metric_values(metrics: Mapping[str, Any]) -> dict[str, int | float]:
+    """Metrics as plain numbers; refuses anything that is not a real number."""
+    values: dict[str, int | float] = {}
+    for name, value in metrics.items():
+        number = value.item() if getattr(value, "ndim", None) == 0 else value
+        if not isinstance(name, str) or isinstance(number, bool):
+            number = None
+        if not isinstance(number, int | float):
+            raise UnsupportedStateError(
+                f"metric {name!r} is a {type(value).__module__}.{type(value).__qualname__}; "
+                "metrics are numbers: give an int, a float, a numpy scalar or a 0-d tensor "
+                "(loss.item())"
+            )
+        values[name] = number
+    return values
 
 
 def _architecture(leaves: list[Leaf], config: Mapping[str, Any]) -> Architecture:

@@ -21,6 +21,7 @@ __all__ = [
     "Bits",
     "Leaf",
     "LeafKind",
+    "SameAs",
     "Slot",
     "fillable",
     "state_leaves",
@@ -51,6 +52,20 @@ class Bits:
     dtype: str
 
 
+@dataclass(frozen=True)
+class SameAs:
+    """A state value that is the same tensor as an earlier one (tied weights).
+
+    It is stored once: the file links both names to one dataset, and each
+    name restores the same values.
+
+    Example:
+        >>> state = {"wte": embedding, "lm_head": SameAs("wte")}  # doctest: +SKIP
+    """
+
+    name: str
+
+
 def fillable(value: Any) -> Any:
     """What a restore fills in place for a state value: a Bits' array, else the value."""
     return value.array if isinstance(value, Bits) else value
@@ -65,12 +80,14 @@ class Leaf:
         kind: how the value is given back: a numpy array, a numpy scalar, or a
             plain Python ``bool``/``int``/``float``/``str``.
         value: a native-byte-order array, or the string for ``kind == "str"``.
+        same_as: the earlier leaf this one is the same tensor as (stored once).
     """
 
     name: str
     kind: LeafKind
     value: np.ndarray[Any, Any] | str
     bits_dtype: str | None = None
+    same_as: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -129,8 +146,25 @@ def state_slots(state: Mapping[str, Any]) -> dict[str, Slot]:
 
 
 def state_leaves(state: Mapping[str, Any]) -> list[Leaf]:
-    """Check every value of a state and flatten it to leaves, in insertion order."""
-    return [to_leaf(name, slot.value) for name, slot in state_slots(state).items()]
+    """Check every value of a state and flatten it to leaves, in insertion order.
+
+    A :class:`SameAs` value becomes a leaf sharing the value of the earlier
+    leaf it names.
+    """
+    leaves: dict[str, Leaf] = {}
+    for name, slot in state_slots(state).items():
+        value = slot.value
+        if isinstance(value, SameAs):
+            first = leaves.get(value.name)
+            if first is None or first.same_as is not None or first.kind not in ("array", "bits"):
+                raise UnsupportedStateError(
+                    f"state value {name!r} is SameAs({value.name!r}), which does not name "
+                    "an earlier array of the state"
+                )
+            leaves[name] = Leaf(name, first.kind, first.value, first.bits_dtype, value.name)
+        else:
+            leaves[name] = to_leaf(name, value)
+    return list(leaves.values())
 
 
 def to_leaf(name: str, value: Any) -> Leaf:
