@@ -21,9 +21,11 @@ def layer_of(module: str) -> str:
     if parts[0] != "expman" or len(parts) == 1:
         return "base"
     top = parts[1]
+    if top == "__main__":  # python -m expman: the command line
+        return "cli"
     if top in ("cli", "review", "experiments", "checkpoints"):
         return top
-    if top in ("torch",):
+    if top in ("torch", "lightning", "transformers"):
         return "integrations"
     return "base"  # _errors, _version
 
