@@ -5,11 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: test lint demo bench clean
 
-# The suite also tests expman.torch (with a tiny Hugging Face GPT-2 built in code, and
-# safetensors for bench/torch_io.py) and the TensorBoard event files (written with
-# tensorboardX, read back with tensorboard's reader): the CPU build of torch 2.13.0,
-# which this machine kind serves from its own disk (a newer or unpinned torch is a
-# multi-GB CUDA build). `make test TORCH=` leaves them out; their tests skip then,
+# The suite also tests expman.torch, expman.lightning, expman.transformers (tiny models
+# built in code; safetensors for the benchmarks) and the
+# TensorBoard event files (written with tensorboardX, read back with tensorboard's
+# reader): the CPU build of torch 2.13.0, which this machine kind serves from its own
+# disk (a newer or unpinned torch is a multi-GB CUDA build). Lightning and transformers
+# are installed in the same pip command as the pinned torch, so they cannot replace it;
+# the last line checks that. `make test TORCH=` leaves them out; their tests skip then,
 # outside CI.
 TORCH ?= torch==2.13.0
 
@@ -20,7 +22,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 $(BIN)/.installed-extras: $(BIN)/.installed
-	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)' 'tensorboardX>=2.6' 'tensorboard>=2.16' 'transformers>=4.40' 'safetensors>=0.4',)
+	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)' 'tensorboardX>=2.6' 'tensorboard>=2.16' \
+		'lightning>=2.4' 'transformers>=4.46' 'accelerate>=1.0' 'safetensors>=0.4',)
+	$(if $(TORCH),$(BIN)/python -m pip show torch | grep '^Version: $(subst torch==,,$(TORCH))' >/dev/null \
+		|| { echo 'an extra replaced $(TORCH): pin the extra in pyproject.toml'; exit 1; },)
 	touch $@
 
 lint: $(BIN)/.installed-extras

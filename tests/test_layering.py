@@ -36,7 +36,7 @@ def layer_of(module: str) -> str:
         return "cli"
     if top in ("cli", "review", "queue", "remote", "experiments", "checkpoints"):
         return top
-    if top in ("torch",):
+    if top in ("torch", "lightning", "transformers"):
         return "integrations"
     return "base"  # _errors, _version
 

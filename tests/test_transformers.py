@@ -1,0 +1,133 @@
+"""expman.transformers: Hugging Face's Trainer saving and resuming through expman."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded: the model is built from a config
+
+if os.environ.get("CI"):
+    import transformers  # CI installs the extra: these tests never skip there
+else:
+    transformers = pytest.importorskip("transformers")
+
+import torch
+
+from expman import ArchitectureMismatchError, CheckpointManager
+from expman.transformers import ExpmanTrainer, retention_policy
+
+
+def gpt2(seed: int, n_embd: int = 64) -> Any:
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=n_embd, n_head=2, vocab_size=128, n_positions=64
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+class Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    def __init__(self, count: int) -> None:
+        self.ids = torch.randint(0, 128, (count, 16), generator=torch.Generator().manual_seed(5))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[index], "labels": self.ids[index]}
+
+
+class StopAt(transformers.TrainerCallback):  # type: ignore[misc]
+    """An interruption: training stops after ``step`` of a longer schedule."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def trainer(
+    root: Path, model: Any, max_steps: int, stop_at: int | None = None, **options: Any
+) -> ExpmanTrainer:
+    args = transformers.TrainingArguments(
+        output_dir=str(root),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+        save_strategy="steps",
+        save_steps=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        **options,
+    )
+    callbacks = [StopAt(stop_at)] if stop_at else []
+    return ExpmanTrainer(model=model, args=args, train_dataset=Tokens(32), callbacks=callbacks)
+
+
+def test_saves_through_expman_and_resumes_exactly(tmp_path: Path) -> None:
+    straight = gpt2(0)
+    trainer(tmp_path / "a", straight, 12).train()
+
+    first = gpt2(0)
+    trainer(tmp_path / "b", first, 12, stop_at=8).train()
+    directory = tmp_path / "b" / "checkpoints"
+    assert sorted(p.name for p in directory.glob("ckpt-*")) == ["ckpt-000004.h5", "ckpt-000008.h5"]
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith("checkpoint-")]
+
+    resumed = gpt2(3)
+    again = trainer(tmp_path / "b", resumed, 12)
+    again.train(resume_from_checkpoint=True)
+    assert again.state.global_step == 12
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+    events = [json.loads(line) for line in (directory / "events.jsonl").read_text().splitlines()]
+    assert {"loss", "learning_rate"} <= {k for e in events for k in e["metrics"]}
+    assert CheckpointManager(directory).latest().step == 12  # type: ignore[union-attr]
+
+
+def test_a_changed_model_is_refused(tmp_path: Path) -> None:
+    trainer(tmp_path, gpt2(0), 4).train()
+    wide = gpt2(1, n_embd=32)
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        trainer(tmp_path, wide, 8).train(resume_from_checkpoint=True)
+    assert str(caught.value).startswith(
+        f"checkpoint {tmp_path / 'checkpoints' / 'ckpt-000004.h5'} does not match the model: "
+    )
+    assert "transformer.wte.weight: checkpoint [128, 64] vs model [128, 32]" in str(caught.value)
+    for name, value in wide.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_save_total_limit_and_best_model_are_retention(tmp_path: Path) -> None:
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        eval_strategy="steps",
+        save_strategy="steps",
+        report_to=[],
+    )
+    policy = retention_policy(args)
+    assert (policy.keep_max, policy.keep_best, policy.best_metric, policy.best_mode) == (
+        2,
+        1,
+        "eval_loss",
+        "min",
+    )
+    assert retention_policy(transformers.TrainingArguments(str(tmp_path))).keep_max is None
