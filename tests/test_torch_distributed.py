@@ -17,6 +17,7 @@ else:
 import h5py
 
 SCRIPT = """\
+import os
 import sys
 
 import torch
@@ -40,8 +41,14 @@ for step in range(start, end):
     et.save(manager, step + 1, model, optimizer, last=step + 1 == end)
 manager.close()
 weight = model.module.weight.detach().flatten().tolist()
-print(f"rank {rank} from {start} draws {torch.rand(3).tolist()} weight {weight}", flush=True)
+# One file per rank: two ranks printing to one pipe can interleave their lines.
+with open(f"{directory}.rank{rank}", "w") as out:
+    out.write(f"from {start} draws {torch.rand(3).tolist()} weight {weight}")
 dist.destroy_process_group()
+# torch 2.13's gloo sometimes aborts in the interpreter's teardown ("terminate called
+# without an active exception"; 2 of 16 runs of this script with expman removed on a
+# loaded 2-core machine, 0 of 20 with this exit): the test is about what came before.
+os._exit(0)
 """
 
 
@@ -59,8 +66,9 @@ def torchrun(tmp_path: Path, directory: Path, end: int) -> dict[int, str]:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("rank ")]
-    return {int(line.split()[1]): line.split(" draws ")[1] for line in lines}
+    return {
+        rank: Path(f"{directory}.rank{rank}").read_text().split(" draws ")[1] for rank in (0, 1)
+    }
 
 
 def test_each_rank_resumes_with_its_own_generators(tmp_path: Path) -> None:
@@ -74,3 +82,34 @@ def test_each_rank_resumes_with_its_own_generators(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "resumed" / "ckpt-000004.h5") as f:
         assert sorted(f["tensors/rng/rank"]) == ["0", "1"]
         assert "weight:0" in f["tensors"]  # canonical names: no DDP "module." prefix
+
+
+def test_a_failed_write_on_rank_0_stops_every_rank(tmp_path: Path) -> None:
+    # Before: rank 1 went on while rank 0 raised, and training hung at its next collective.
+    script = tmp_path / "train.py"
+    script.write_text(
+        SCRIPT.replace(
+            "start = et.restore(manager, model, optimizer)\n",
+            "start = et.restore(manager, model, optimizer)\n"
+            "if rank == 0:\n"
+            "    def full_disk(*args, **kwargs):\n"
+            "        raise expman.CheckpointWriteError('the disk is full')\n"
+            "    manager._save_now = full_disk\n",
+        )
+    )
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+            *("--nproc_per_node", "2", str(script), str(tmp_path / "ckpts"), "4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode != 0
+    assert "expman._errors.CheckpointWriteError: the disk is full" in result.stderr
+    assert (
+        f"expman._errors.CheckpointWriteError: rank 0 could not write step 1 to "
+        f"{tmp_path / 'ckpts'}: see rank 0's error"
+    ) in result.stderr

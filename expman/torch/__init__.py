@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from expman._errors import CheckpointWriteError
 from expman.checkpoints._manager import CheckpointManager, metric_values
 from expman.torch import _layout, _restore, _rng
 
@@ -112,9 +113,21 @@ def save(
     if not _rng.broadcast_decision(rank == 0 and (force or last or manager.due(step))):
         return False
     generators = _rng.all_ranks(_rng.rng_state()) if rng else []
-    if rank != 0:
-        return True
-    return manager.save(step, lambda: state(generators), metrics=numbers, last=True)
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            manager.save(step, lambda: state(generators), metrics=numbers, last=True)
+        except BaseException as raised:  # the other ranks must hear of it, not wait forever
+            error = raised
+    # No rank leaves save() before rank 0 has committed the file (or failed to): a rank
+    # that went on to exit would tear the process group down under rank 0's feet.
+    if not _rng.broadcast_decision(error is None):
+        if error is not None:
+            raise error
+        raise CheckpointWriteError(
+            f"rank 0 could not write step {step} to {manager.directory}: see rank 0's error"
+        )
+    return True
 
 
 def restore(
