@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -275,6 +276,52 @@ def test_run_resumes_and_records_each_run_in_git(workspace: Path) -> None:
     assert "finished at step 40" in log.read_text()
 
 
+# `pip install expman` without the remote extra: fsspec cannot be imported.
+_WITHOUT_REMOTE = (
+    "import sys; sys.modules['fsspec'] = None; sys.argv[0] = 'expman'; "
+    "from expman.cli import main; main()"
+)
+
+
+def expman_without_remote(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("EXPMAN_")}
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_REMOTE, *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_run_works_without_the_remote_extra(workspace: Path) -> None:
+    assert expman(workspace, "new", "base").returncode == 0
+    for number, start in ((1, 0), (2, 20)):
+        run = expman_without_remote(workspace, "run", "base")
+        assert run.returncode == 0, run.stderr
+        assert f"starting at step {start}" in run.stdout
+        assert run.stderr.startswith(f"expman: run {number} of base: step {start + 20}")
+
+
+def test_run_without_the_remote_extra_says_the_latest_checkpoint_is_missing(
+    workspace: Path,
+) -> None:
+    assert expman(workspace, "new", "base").returncode == 0
+    assert expman(workspace, "run", "base").returncode == 0
+    (workspace / ".expman" / "checkpoints" / "base" / "ckpt-000020.h5").unlink()
+
+    run = expman_without_remote(workspace, "run", "base")
+    assert run.returncode == 5
+    assert run.stderr == (
+        "expman: error: the latest checkpoint of base (ckpt-000020.h5, step 20) is not on "
+        "this machine, and fetching it needs the remote extra: pip install 'expman[remote]', "
+        "or start over with expman run base --fresh\n"
+    )
+    assert git(workspace, "log", "-1", "--format=%s", "exp/base").startswith("run 1 of base")
+
+
 def test_exit_code_is_the_commands_and_failures_are_recorded(workspace: Path) -> None:
     assert expman(workspace, "new", "broken", "--set", "exit_code=7").returncode == 0
     result = expman(workspace, "run", "broken")
@@ -526,3 +573,27 @@ def test_expman_debug_shows_the_traceback_and_keeps_the_exit_code(workspace: Pat
     assert debug.returncode == plain.returncode == 9
     assert debug.stderr.startswith("Traceback (most recent call last):")
     assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
+
+
+def test_trailers_read_through_the_reader_are_the_ones_git_reads(workspace: Path) -> None:
+    from expman.experiments._gitrepo import GitRepo
+
+    assert expman(workspace, "new", "base").returncode == 0
+    assert expman(workspace, "run", "base", "--set", "steps=2").returncode == 0
+    git(workspace, "config", "user.name", "Ada")
+    tree = git(workspace, "rev-parse", "exp/base^{tree}").strip()
+    head = git(workspace, "rev-parse", "exp/base").strip()
+    odd = [
+        "subject\n\nRuns: 3\n--- a patch divider\nRuns: 4\n",
+        "subject\n\nnot a trailer line\nRuns: 3\n",
+        "only a subject, Runs: 3\n",
+    ]
+    commits = [git(workspace, "commit-tree", tree, "-p", head, "-m", m).strip() for m in odd]
+    repo = GitRepo.discover(workspace)
+    expected = {entry.commit: dict(entry.trailers) for entry in repo.log("exp/base")}
+    with repo.reading():
+        for commit, trailers in expected.items():
+            assert repo.commit_trailers(commit) in (trailers, None)
+            if "Runs" in trailers:  # expman's own commits are read without git log
+                assert repo.commit_trailers(commit) == trailers
+        assert [repo.commit_trailers(commit) for commit in commits] == [None, None, None]

@@ -8,6 +8,7 @@ purpose and usage errors alike. Unexpected errors keep their traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -19,17 +20,30 @@ import typer
 from expman._errors import ExpmanError
 from expman.cli._exit import EXIT_USAGE, exit_code_for
 
-__all__ = ["app", "main"]
+__all__ = ["build_app", "main"]
 
-app = typer.Typer(
-    name="expman",
-    help="Experiments as git branches, checkpoints that restore only into the right model.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    # Plain help: rich markup would eat "[params]" and "[run]" as style tags.
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# The commands each module registers; `expman run` and `expman list` build only their
+# own (typer inspects every registered command's signature on each invocation).
+_MODULES = ("_experiments", "_run", "_inspect", "_compare", "_sweep", "_queue", "_remote")
+_ALONE = {"run": "_run", "list": "_inspect", "show": "_inspect", "log": "_inspect"}
+
+
+def build_app(command: str | None = None) -> typer.Typer:
+    """The CLI: every command, or only ``command``'s module when that is enough to run it."""
+    app = typer.Typer(
+        name="expman",
+        help="Experiments as git branches, checkpoints that restore only into the right model.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        # Plain help: rich markup would eat "[params]" and "[run]" as style tags.
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    modules = [_ALONE[command]] if command in _ALONE else _MODULES
+    for module in modules:
+        importlib.import_module(f"expman.cli.{module}").register(app)
+    return app
 
 
 def _show_version(value: bool) -> None:
@@ -40,7 +54,6 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool,
@@ -50,21 +63,6 @@ def _root(
     ] = False,
 ) -> None:
     """Experiments as git branches, checkpoints that restore only into the right model."""
-
-
-def _register() -> None:
-    from expman.cli import _compare, _experiments, _inspect, _queue, _remote, _run, _sweep
-
-    _experiments.register(app)
-    _run.register(app)
-    _inspect.register(app)
-    _compare.register(app)
-    _sweep.register(app)
-    _queue.register(app)
-    _remote.register(app)
-
-
-_register()
 
 
 def main(args: Sequence[str] | None = None) -> NoReturn:
@@ -78,6 +76,7 @@ def _main(args: list[str]) -> int:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:
+        app = build_app(args[0] if args else None)
         result = app(args=args, prog_name="expman", standalone_mode=False)
     except ExpmanError as error:
         return _fail(str(error), exit_code_for(error))

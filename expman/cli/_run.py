@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
+from expman._errors import CheckpointNotFoundError, UsageError
 from expman.cli._experiments import SET_HELP
 from expman.cli._output import note
-from expman.experiments._runner import RunOptions, run_experiment
+from expman.experiments._runner import KeptCheckpoint, RunOptions, run_experiment
 from expman.experiments._workspace import Workspace
 
 __all__ = ["register"]
@@ -71,8 +72,6 @@ def run(
     if queue:
         _queue_run(workspace, name, bool(command or set_ or from_checkpoint or partial or fresh))
         return
-    if not fresh:  # a pulled experiment resumes from its latest checkpoint (issue 13)
-        _fetch_pulled_checkpoint(workspace, name)
     result = run_experiment(
         workspace,
         name,
@@ -83,6 +82,7 @@ def run(
             fresh=fresh,
             command=command or [],
         ),
+        fetch_checkpoint=lambda latest: _fetch_pulled_checkpoint(workspace, latest),
     )
     for change in result.changes:
         note(f"params {change}")
@@ -97,7 +97,6 @@ def run(
 
 def _queue_run(workspace: Workspace, name: str, with_options: bool) -> None:
     """``expman run NAME --queue``: the queue runs plain ``expman run NAME``."""
-    from expman._errors import UsageError
     from expman.queue._queue import enqueue
 
     if with_options:
@@ -109,9 +108,18 @@ def _queue_run(workspace: Workspace, name: str, with_options: bool) -> None:
     note(f"queued {name} (try {entry.attempt}): expman queue start runs it")
 
 
-def _fetch_pulled_checkpoint(workspace: Workspace, name: str) -> None:
-    from expman.cli._remote import TerminalProgress
-    from expman.remote._prepare import fetch_latest_checkpoint_for_run
+def _fetch_pulled_checkpoint(workspace: Workspace, latest: KeptCheckpoint) -> None:
+    """The last record names a checkpoint not here: a pulled experiment (issue 13)."""
+    name = latest.experiment
+    try:  # the remote extra (fsspec) is imported only when a checkpoint must be fetched
+        from expman.cli._remote import TerminalProgress
+        from expman.remote._prepare import fetch_latest_checkpoint_for_run
+    except ImportError as error:
+        raise CheckpointNotFoundError(
+            f"the latest checkpoint of {name} ({latest.file}, step {latest.step}) is not on "
+            "this machine, and fetching it needs the remote extra: pip install "
+            f"'expman[remote]', or start over with expman run {name} --fresh"
+        ) from error
 
     step = fetch_latest_checkpoint_for_run(workspace, name, progress=TerminalProgress())
     if step is not None:

@@ -7,7 +7,10 @@ rather than GitPython: importing GitPython alone takes ~110 ms, most of the
 
 Nothing here touches the user's HEAD, index or working tree: snapshots are
 built in a temporary index file (``GIT_INDEX_FILE``) seeded from the real one,
-and refs move by compare-and-swap ``update-ref``.
+records are added to a tree with ``mktree`` (no index at all), and refs move by
+compare-and-swap ``update-ref``. Inside ``GitRepo.reading()``, every read
+(revisions, files, commit messages, trees) goes through one long-lived ``git
+cat-file --batch`` process instead of one process per read.
 """
 
 from __future__ import annotations
@@ -57,16 +60,101 @@ def _run_git(
     input: bytes | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
-    environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})}
-    git = shutil.which("git")
-    if git is None:
-        raise RepositoryError("git is not installed or not on PATH: install git and retry")
     result = subprocess.run(
-        [git, *args], cwd=cwd, env=environment, input=input, capture_output=True, check=False
+        [_git_program(), *args],
+        cwd=cwd,
+        env=_environment(env),
+        input=input,
+        capture_output=True,
+        check=False,
     )
     if check and result.returncode != 0:
         raise _failure(args, cwd, result)
     return result
+
+
+def _git_program() -> str:
+    git = shutil.which("git")
+    if git is None:
+        raise RepositoryError("git is not installed or not on PATH: install git and retry")
+    return git
+
+
+def _environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(extra or {})}
+
+
+class _Conversation:
+    """A git process kept open for many requests (``cat-file --batch``, ``mktree --batch``)."""
+
+    def __init__(self, args: Sequence[str], cwd: Path) -> None:
+        self.args = args
+        self.process = subprocess.Popen(
+            [_git_program(), *args],
+            cwd=cwd,
+            env=_environment(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin = self.process.stdin
+        self.stdout = self.process.stdout
+
+    def ask(self, request: bytes) -> bytes:
+        """Send ``request``; return the first line of the answer (without its newline)."""
+        try:
+            self.stdin.write(request)
+            self.stdin.flush()
+        except BrokenPipeError:
+            pass  # git stopped: the empty answer below says so
+        line = self.stdout.readline()
+        if not line.endswith(b"\n"):
+            self.close()
+            message = self.process.stderr.read() if self.process.stderr else b""
+            lines = message.decode(errors="replace").strip().splitlines()
+            raise GitError(f"git {self.args[0]} failed: {lines[-1] if lines else 'no answer'}")
+        return line[:-1]
+
+    def read(self, size: int) -> bytes:
+        return self.stdout.read(size)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.stdout.close()
+        if self.process.stderr:
+            self.process.stderr.close()
+
+
+class ObjectReader:
+    """Objects read through one ``git cat-file --batch`` process, however many.
+
+    Names are anything git's revision syntax takes (``exp/a^{commit}``,
+    ``COMMIT:path/to/file``); a name that names nothing reads as None.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._git = _Conversation(["cat-file", "--batch"], root)
+
+    def read(self, name: str) -> tuple[str, str, bytes] | None:
+        """(object id, type, content) of ``name``, or None if there is no such object."""
+        if "\n" in name or "\0" in name:
+            return None  # no object has such a name, and the request would break the protocol
+        header = self._git.ask(f"{name}\n".encode()).split()
+        if header[-1] in (b"missing", b"ambiguous") or len(header) != 3:
+            return None
+        oid, kind, size = header
+        content = self._git.read(int(size) + 1)[:-1]
+        return oid.decode(), kind.decode(), content
+
+    def close(self) -> None:
+        self._git.close()
 
 
 _LOCK_FILE = re.compile(r"Unable to create '(.+?\.lock)': File exists")
@@ -106,6 +194,20 @@ class GitRepo:
     def __init__(self, root: Path, git_dir: Path) -> None:
         self.root = root
         self.git_dir = git_dir
+        self._reader: ObjectReader | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[ObjectReader]:
+        """One ``cat-file --batch`` process answers every read inside the block."""
+        if self._reader is not None:
+            yield self._reader
+            return
+        self._reader = ObjectReader(self.root)
+        try:
+            yield self._reader
+        finally:
+            reader, self._reader = self._reader, None
+            reader.close()
 
     @classmethod
     def discover(cls, path: Path) -> GitRepo:
@@ -143,6 +245,9 @@ class GitRepo:
         """The commit a revision names, or None."""
         if "\0" in revision:
             return None  # git cannot be given it, and no revision has one
+        if self._reader is not None:
+            found = self._reader.read(f"{revision}^{{commit}}")
+            return found[0] if found is not None else None
         result = _run_git(
             ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],
             self.root,
@@ -183,6 +288,9 @@ class GitRepo:
         return [path for path in output.split("\0") if path]
 
     def read_file(self, revision: str, path: str) -> bytes | None:
+        if self._reader is not None:
+            found = self._reader.read(f"{revision}:{path}")
+            return found[2] if found is not None and found[1] == "blob" else None
         result = _run_git(["cat-file", "blob", f"{revision}:{path}"], self.root, check=False)
         return result.stdout if result.returncode == 0 else None
 
@@ -195,6 +303,9 @@ class GitRepo:
         """Several objects (``REV:PATH``) with a single git process; None where missing."""
         if not names:
             return []
+        if self._reader is not None:
+            objects = [self._reader.read(name) for name in names]
+            return [found[2] if found is not None else None for found in objects]
         request = "".join(f"{name}\n" for name in names).encode()
         output = _run_git(["cat-file", "--batch"], self.root, input=request).stdout
         found: list[bytes | None] = []
@@ -242,30 +353,39 @@ class GitRepo:
     # -- writing objects and refs -----------------------------------------------
 
     @contextmanager
-    def temporary_index(self, seed: str | None) -> Iterator[dict[str, str]]:
-        """An index file of our own: a copy of the real index, or of ``seed``'s tree."""
+    def temporary_index(self) -> Iterator[dict[str, str]]:
+        """An index file of our own, a copy of the real one: the user's stays untouched."""
         with tempfile.TemporaryDirectory(prefix="expman-index-") as scratch:
             index = Path(scratch) / "index"
-            env = {"GIT_INDEX_FILE": str(index)}
             real = self.git_dir / "index"
-            if seed is None and real.exists():
+            if real.exists():
                 shutil.copyfile(real, index)
-            elif seed is not None:
-                self.git("read-tree", seed, env=env)
-            yield env
+            yield {"GIT_INDEX_FILE": str(index)}
 
     def snapshot_worktree(self, files: Mapping[str, bytes], exclude: Sequence[str]) -> str:
         """The working tree as it is (untracked, not ignored files too), plus ``files``."""
-        with self.temporary_index(None) as env:
+        with self.temporary_index() as env:
             self.git("add", "-A", env=env)
             if exclude:  # expman's own state, even where .gitignore does not list it
                 self.git("rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *exclude, env=env)
             return self._write_tree(env, files)
 
     def tree_with(self, commit: str, files: Mapping[str, bytes]) -> str:
-        """The tree of ``commit`` (a commit or a tree) with ``files`` added or replaced."""
-        with self.temporary_index(commit) as env:
-            return self._write_tree(env, files)
+        """The tree of ``commit`` (a commit or a tree) with ``files`` added or replaced.
+
+        Three git processes whatever the depth (fewer with a reader open): the
+        blobs in one, the trees read through ``cat-file --batch`` and written,
+        innermost first, by one ``mktree --batch``. No index is involved.
+        """
+        if not files:
+            return self.tree_of(commit)
+        blobs = dict(zip(files, self._write_blobs(list(files.values())), strict=True))
+        with self.reading() as reader:
+            writer = _Conversation(["mktree", "-z", "--batch"], self.root)
+            try:
+                return _build_tree(reader, writer, f"{commit}^{{tree}}", blobs)
+            finally:
+                writer.close()
 
     def _write_tree(self, env: dict[str, str], files: Mapping[str, bytes]) -> str:
         if files:
@@ -303,6 +423,21 @@ class GitRepo:
             batch.append("".join(f"{entry}\n" for entry in own.values()))
         trees = self.git("mktree", "--batch", input="\n".join(batch).encode()).split()
         return trees[: len(variants)]
+
+    def commit_trailers(self, commit: str) -> dict[str, str] | None:
+        """The trailers of ``commit`` read through the open reader, or None.
+
+        None also when no reader is open or the message is not plainly
+        ``Key: value`` lines in its last paragraph, as expman writes them: then
+        ask ``git log`` (``%(trailers)``), whose rules are git's own.
+        """
+        if self._reader is None:
+            return None
+        found = self._reader.read(f"{commit}^{{commit}}")
+        if found is None:
+            return None
+        _, _, message = found[2].partition(b"\n\n")
+        return _plain_trailers(message.decode("utf-8", errors="replace"))
 
     def tree_of(self, commit: str) -> str:
         return self.git("rev-parse", f"{commit}^{{tree}}").strip()
@@ -387,6 +522,67 @@ def _remove_stale_locks(worktree: Path) -> None:
     private = worktree / pointer.removeprefix("gitdir: ")
     for name in ("index.lock", "HEAD.lock"):
         (private / name).unlink(missing_ok=True)
+
+
+_TRAILER = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*): (.*)")
+
+
+def _plain_trailers(message: str) -> dict[str, str] | None:
+    """The trailers of a message whose last paragraph is only ``Key: value`` lines, else None."""
+    lines = message.rstrip().split("\n")
+    if any(line.startswith(("---", "#")) for line in lines):
+        return None  # where git's rules (a patch divider, comments) could differ
+    paragraphs = "\n".join(lines).split("\n\n")
+    if len(paragraphs) < 2:
+        return None
+    trailers = {}
+    for line in paragraphs[-1].split("\n"):
+        match = _TRAILER.fullmatch(line)
+        if match is None:
+            return None
+        trailers[match.group(1)] = match.group(2).strip()
+    return trailers
+
+
+def _tree_entries(oid: str, content: bytes) -> dict[bytes, tuple[bytes, str]]:
+    """A tree object's entries: name -> (mode, object id)."""
+    width = len(oid) // 2  # 20 bytes (sha1) or 32 (sha256)
+    entries = {}
+    position = 0
+    while position < len(content):
+        space = content.index(b" ", position)
+        nul = content.index(b"\0", space)
+        mode, name = content[position:space], content[space + 1 : nul]
+        entries[name] = (mode, content[nul + 1 : nul + 1 + width].hex())
+        position = nul + 1 + width
+    return entries
+
+
+def _build_tree(
+    reader: ObjectReader, writer: _Conversation, source: str | None, blobs: Mapping[str, str]
+) -> str:
+    """Write the tree ``source`` names (None: an empty one) with ``blobs`` (path -> id) in it."""
+    found = reader.read(source) if source is not None else None
+    entries = _tree_entries(found[0], found[2]) if found and found[1] == "tree" else {}
+    subdirectories: dict[str, dict[str, str]] = {}
+    for path, blob in blobs.items():
+        head, slash, rest = path.partition("/")
+        if slash:
+            subdirectories.setdefault(head, {})[rest] = blob
+        else:
+            entries[head.encode()] = (b"100644", blob)
+    for name, inner in subdirectories.items():
+        existing = entries.get(name.encode())
+        inside = existing[1] if existing is not None and existing[0] == b"40000" else None
+        entries[name.encode()] = (b"40000", _build_tree(reader, writer, inside, inner))
+    request = b"".join(
+        b"%s %s %s\t%s\0" % (mode, _KINDS.get(mode, b"blob"), oid.encode(), name)
+        for name, (mode, oid) in entries.items()
+    )
+    return writer.ask(request + b"\0").decode()
+
+
+_KINDS = {b"40000": b"tree", b"160000": b"commit"}
 
 
 def parse_trailers(text: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +60,7 @@ from expman.experiments._supervisor import Outcome, supervise
 from expman.experiments._workspace import Workspace
 
 __all__ = [
+    "KeptCheckpoint",
     "RunOptions",
     "RunResult",
     "lower_is_better",
@@ -120,119 +121,138 @@ def run_experiment(
     *,
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
+    fetch_checkpoint: Callable[[KeptCheckpoint], None] | None = None,
 ) -> RunResult:
     """Run experiment ``name`` and commit its record; return what happened.
 
     Everything that could fail after the command is checked before it starts:
     the parameters, the git identity the record is committed as, the run
     directory. A run that died unrecorded is recorded as ``lost`` first.
+
+    ``fetch_checkpoint`` is called (under the lock, before anything else is
+    checked) when the last record names a newer checkpoint than this machine
+    has, unless ``options.fresh``: an experiment pulled from another machine.
+    It brings that checkpoint here or raises.
     """
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
-    head = ws.head_of(name)
-    ref = str(ws.ref(name))
-    with ws.lock(name) as lock:
-        trailers = ws.latest_trailers(head)
-        base = trailers.get("Base") or None
-        runs_so_far = _int(trailers.get("Runs")) or 0
-        text, config = ws.experiment_config(head)
-        # What the record needs, checked now rather than discovered after the run.
-        ws.repo.check_identity()
-        ws.repo.check_ref_unlocked(ref)
-        checkpoint_dir = ws.checkpoint_dir(name)
-        lost = _record_lost_run(ws, name, ref, head, runs_so_far + 1, base, checkpoint_dir)
-        if lost is not None:
-            head, runs_so_far = lost, runs_so_far + 1
-            _warn(err, f"run {runs_so_far} of {name} ended unrecorded; recorded it as lost")
-        changes: list[str] = []
-        if options.assignments:
-            head, text, changes = _commit_assignments(
-                ws, name, ref, head, text, options.assignments, base, runs_so_far
-            )
-            config = parse_config(text)
-        command = list(options.command or config.command)
-        if not command:
-            raise CommandNotFoundError(
-                f"experiment {name} has no command: set [run] command in {CONFIG_NAME}, or "
-                f"give one after --: expman run {name} -- python train.py"
-            )
-        warm_start, warm_name = _warm_start(ws, options.from_checkpoint)
-        archived = ws.archive_checkpoints(name) if options.fresh else None
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        own = CheckpointDirectory(checkpoint_dir).steps()
-        if own and options.from_checkpoint:
-            raise UsageError(
-                f"experiment {name} already has checkpoints (latest step {max(own)}) and "
-                f"resumes from them, so --from-checkpoint {options.from_checkpoint} would be "
-                f"ignored: add --fresh to set them aside and start from "
-                f"{options.from_checkpoint}"
-            )
-        if not own and runs_so_far and not options.fresh:
-            _warn_missing_checkpoints(ws, name, head, runs_so_far, checkpoint_dir, err)
-        parent_checkpoint = f"{name}@{max(own)}" if own else warm_name
+    with contextlib.ExitStack() as reads:
+        # Every read before the command goes through one `git cat-file --batch`.
+        reads.enter_context(ws.repo.reading())
+        head = ws.head_of(name)
+        ref = str(ws.ref(name))
+        with ws.lock(name) as lock:
+            trailers = ws.latest_trailers(head)
+            base = trailers.get("Base") or None
+            runs_so_far = _int(trailers.get("Runs")) or 0
+            checkpoint_dir = ws.checkpoint_dir(name)
+            kept = _kept_checkpoints(ws, name, head, runs_so_far)
+            if kept and fetch_checkpoint is not None and not options.fresh:
+                own = CheckpointDirectory(checkpoint_dir).steps() if checkpoint_dir.is_dir() else {}
+                if max(own, default=-1) < kept[-1].step:
+                    fetch_checkpoint(kept[-1])
+            text, config = ws.experiment_config(head)
+            # What the record needs, checked now rather than discovered after the run.
+            ws.repo.check_identity()
+            ws.repo.check_ref_unlocked(ref)
+            lost = _record_lost_run(ws, name, ref, head, runs_so_far + 1, base, checkpoint_dir)
+            if lost is not None:
+                head, runs_so_far = lost, runs_so_far + 1
+                kept = _kept_checkpoints(ws, name, head, runs_so_far)
+                _warn(err, f"run {runs_so_far} of {name} ended unrecorded; recorded it as lost")
+            changes: list[str] = []
+            if options.assignments:
+                head, text, changes = _commit_assignments(
+                    ws, name, ref, head, text, options.assignments, base, runs_so_far
+                )
+                config = parse_config(text)
+            command = list(options.command or config.command)
+            if not command:
+                raise CommandNotFoundError(
+                    f"experiment {name} has no command: set [run] command in {CONFIG_NAME}, or "
+                    f"give one after --: expman run {name} -- python train.py"
+                )
+            warm_start, warm_name = _warm_start(ws, options.from_checkpoint)
+            archived = ws.archive_checkpoints(name) if options.fresh else None
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            own = CheckpointDirectory(checkpoint_dir).steps()
+            if own and options.from_checkpoint:
+                raise UsageError(
+                    f"experiment {name} already has checkpoints (latest step {max(own)}) and "
+                    f"resumes from them, so --from-checkpoint {options.from_checkpoint} would be "
+                    f"ignored: add --fresh to set them aside and start from "
+                    f"{options.from_checkpoint}"
+                )
+            if not own and kept and not options.fresh:
+                _warn_missing_checkpoints(name, runs_so_far, kept, checkpoint_dir, err)
+            parent_checkpoint = f"{name}@{max(own)}" if own else warm_name
 
-        number = runs_so_far + 1
-        run_dir = ws.runs_dir(name) / f"{number:03d}"
-        worktree = ws.worktree_dir(name)
-        ws.repo.checkout_detached(worktree, head)
-        environment = RunEnvironment(
-            workspace=ws.root,
-            experiment=name,
-            run_id=f"{name}-{number}-{secrets.token_hex(3)}",
-            run_dir=run_dir,
-            code_commit=head,
-            checkpoint_dir=checkpoint_dir,
-            params=config.params,
-            policy=asdict(config.policy),
-            warm_start=warm_start,
-            warm_start_name=warm_name,
-            partial=options.partial,
-        )
-        started = time.time()
-        pending = _PendingRun(
-            run_dir,
-            {
-                "run_id": environment.run_id,
-                "command": command,
-                "started": started,
-                "code_commit": head,
-                "parent_checkpoint": parent_checkpoint,
-                "fresh": options.fresh,
-                "params": dict(config.params),
-                "events_start": events_size(checkpoint_dir),
-                "checkpoints_before": sorted(own),
-            },
-        )
-        outcome = _execute(
-            _resolve_command(command),
-            worktree,
-            {**os.environ, **environment.to_env()},
-            pending,
-            lock,
-            out,
-            err,
-        )
-        duration = time.time() - started
-        refusal = _read_refusal(run_dir)
-        status, exit_code = _status(outcome, refusal)
-        record = _record(
-            ws,
-            name,
-            pending.data,
-            number=number,
-            status=status,
-            exit_code=exit_code,
-            duration=duration,
-            base=base,
-            checkpoint_dir=checkpoint_dir,
-            refusal=refusal,
-            key_metric_mode=(config.key_metric, config.key_metric_mode),
-            signal_name=signal.Signals(outcome.received).name if outcome.received else None,
-            killed=outcome.killed,
-        )
-        message = run_message(record)
-        commit = _commit_record(ws, ref, head, record, message)
-        pending.recorded()
+            number = runs_so_far + 1
+            run_dir = ws.runs_dir(name) / f"{number:03d}"
+            worktree = ws.worktree_dir(name)
+            ws.repo.checkout_detached(worktree, head)
+            # The reader stops before the command starts: a Ctrl-C in the terminal
+            # reaches expman's process group, and must not take git away from the record.
+            reads.close()
+            environment = RunEnvironment(
+                workspace=ws.root,
+                experiment=name,
+                run_id=f"{name}-{number}-{secrets.token_hex(3)}",
+                run_dir=run_dir,
+                code_commit=head,
+                checkpoint_dir=checkpoint_dir,
+                params=config.params,
+                policy=asdict(config.policy),
+                warm_start=warm_start,
+                warm_start_name=warm_name,
+                partial=options.partial,
+            )
+            started = time.time()
+            pending = _PendingRun(
+                run_dir,
+                {
+                    "run_id": environment.run_id,
+                    "command": command,
+                    "started": started,
+                    "code_commit": head,
+                    "parent_checkpoint": parent_checkpoint,
+                    "fresh": options.fresh,
+                    "params": dict(config.params),
+                    "events_start": events_size(checkpoint_dir),
+                    "checkpoints_before": sorted(own),
+                },
+            )
+            outcome = _execute(
+                _resolve_command(command),
+                worktree,
+                {**os.environ, **environment.to_env()},
+                pending,
+                lock,
+                out,
+                err,
+            )
+            duration = time.time() - started
+            refusal = _read_refusal(run_dir)
+            status, exit_code = _status(outcome, refusal)
+            record = _record(
+                ws,
+                name,
+                pending.data,
+                number=number,
+                status=status,
+                exit_code=exit_code,
+                duration=duration,
+                base=base,
+                checkpoint_dir=checkpoint_dir,
+                refusal=refusal,
+                key_metric_mode=(config.key_metric, config.key_metric_mode),
+                signal_name=signal.Signals(outcome.received).name if outcome.received else None,
+                killed=outcome.killed,
+            )
+            message = run_message(record)
+            with ws.repo.reading():
+                commit = _commit_record(ws, ref, head, record, message)
+            pending.recorded()
     return RunResult(
         experiment=name,
         number=number,
@@ -268,22 +288,41 @@ def _warn(stream: IO[bytes], message: str) -> None:
         stream.flush()
 
 
-def _warn_missing_checkpoints(
-    ws: Workspace, name: str, head: str, runs: int, directory: Path, err: IO[bytes]
-) -> None:
-    """The last record lists checkpoints that are not on this machine: say so before step 0."""
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint that a run record names as kept after that run."""
+
+    experiment: str
+    run: int
+    step: int
+    file: str
+
+
+def _kept_checkpoints(ws: Workspace, name: str, head: str, runs: int) -> list[KeptCheckpoint]:
+    """The checkpoints the last run record keeps, oldest first; none before a first run."""
+    if not runs:
+        return []
     content = ws.repo.read_file(head, f"{record_directory(name, runs)}/checkpoints.json")
     try:
-        listed = [str(entry["file"]) for entry in json.loads(content or b"[]")]
+        kept = [
+            KeptCheckpoint(name, runs, int(entry["step"]), str(entry["file"]))
+            for entry in json.loads(content or b"[]")
+        ]
     except (ValueError, TypeError, KeyError):
-        return
-    if listed:
-        _warn(
-            err,
-            f"run {runs} of {name} kept {', '.join(listed)}, but {directory} has none of "
-            "them (deleted, or on another machine): this run starts from step 0; stop it "
-            "and bring them back to resume, or run with --fresh to start over on purpose",
-        )
+        return []
+    return sorted(kept, key=lambda checkpoint: checkpoint.step)
+
+
+def _warn_missing_checkpoints(
+    name: str, runs: int, kept: Sequence[KeptCheckpoint], directory: Path, err: IO[bytes]
+) -> None:
+    """The last record lists checkpoints that are not on this machine: say so before step 0."""
+    _warn(
+        err,
+        f"run {runs} of {name} kept {', '.join(c.file for c in kept)}, but {directory} has "
+        "none of them (deleted, or on another machine): this run starts from step 0; stop it "
+        "and bring them back to resume, or run with --fresh to start over on purpose",
+    )
 
 
 def _commit_assignments(

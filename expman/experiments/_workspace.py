@@ -394,6 +394,9 @@ class Workspace:
 
     def latest_trailers(self, commit: str) -> Mapping[str, str]:
         """Trailers of the newest commit expman wrote on a branch (the user may add more)."""
+        own = self.repo.commit_trailers(commit)  # the head itself, through an open reader
+        if own is not None and "Runs" in own:
+            return own
         for entry in self.repo.log(commit, limit=200):
             if "Runs" in entry.trailers:
                 return entry.trailers
