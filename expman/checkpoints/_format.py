@@ -28,7 +28,7 @@ from expman._errors import (
 )
 from expman._version import __version__
 from expman.checkpoints._architecture import Architecture, TensorSpec
-from expman.checkpoints._durable import phase
+from expman.checkpoints._durable import allocate, phase, reserve_space
 from expman.checkpoints._layout import tensor_path
 from expman.checkpoints._state import Bits, Leaf, LeafKind
 from expman.checkpoints._validate import (
@@ -135,10 +135,22 @@ def write_checkpoint(
     if compression is not None and compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS} or None")
     wall_time = time.time()
+    texts = {
+        "architecture": _json(architecture.to_json()),
+        "metrics": _json(dict(metrics)),
+        "params": _json(dict(params)),
+    }
+    # HDF5 must never meet a full disk: a failed write inside it, or at its
+    # close, leaves ids it cannot free and can crash the interpreter. So the
+    # file's room is reserved before HDF5 opens it (ENOSPC is a plain OSError
+    # then), allocated as soon as HDF5 has created it, and the surplus cut after.
+    room = _size_bound(leaves, texts)
+    reserve_space(path, room)
     with (
         ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
         h5py.File(path, "w") as f,
     ):
+        allocate(path, room)
         # Checksums are computed on a second thread while this one writes the
         # data (both release the GIL), then stored as attributes.
         checksums = [hasher.submit(checksum, leaf.value) for leaf in leaves]
@@ -162,15 +174,39 @@ def write_checkpoint(
             for dataset, leaf, digest in zip(datasets, leaves, checksums, strict=True)
         ]
         meta = f.create_group("meta")
-        meta["architecture"] = _json(architecture.to_json())
-        meta["metrics"] = _json(dict(metrics))
-        meta["params"] = _json(dict(params))
+        for name, text in texts.items():
+            meta[name] = text
         meta["tensors"] = _json(
             [
                 {"name": r.name, "path": r.path, "kind": r.kind, "checksum": r.checksum}
                 for r in records
             ]
         )
+    os.truncate(path, _end_of_file(path))
+
+
+def _size_bound(leaves: Sequence[Leaf], texts: Mapping[str, str]) -> int:
+    """More bytes than the file can take: data, plus generous room for HDF5's own."""
+    data = sum(
+        len(leaf.value.encode()) if isinstance(leaf.value, str) else leaf.value.nbytes
+        for leaf in leaves
+    )
+    # HDF5 takes about 2.7 KiB for a tensor two groups deep (object headers,
+    # links, attributes, manifest entry): room for more, by name length and depth.
+    headers = sum(2048 + 1024 * leaf.name.count("/") + 8 * len(leaf.name) for leaf in leaves)
+    text = sum(len(t.encode()) for t in texts.values())
+    return data + data // 64 + headers + 3 * text + 2**16
+
+
+def _end_of_file(path: Path) -> int:
+    """Where HDF5 says the file ends (its superblock's end-of-file address)."""
+    with open(path, "rb") as handle:
+        superblock = handle.read(48)
+    # Superblock version 0 with 8-byte addresses (what h5py writes by default):
+    # the end-of-file address is at byte 40.
+    if len(superblock) < 48 or superblock[8] != 0 or superblock[13] != 8:
+        return os.path.getsize(path)
+    return int.from_bytes(superblock[40:48], "little")
 
 
 def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> h5py.Dataset:
