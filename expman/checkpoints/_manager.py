@@ -145,6 +145,7 @@ class CheckpointManager:
         with contextlib.suppress(OSError):  # a read-only directory can still be restored
             remove_stale_temporaries(self.directory)
         _runtime.remember_directory(self.directory)
+        _runtime.report_checkpoint_errors()
 
     # -- saving ---------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from expman._errors import ArchitectureMismatchError, ConfigError
+from expman._errors import ArchitectureMismatchError, CheckpointError, ConfigError
 from expman.experiments._config import CONFIG_NAME, parse_config
 
 __all__ = [
@@ -239,9 +239,31 @@ def record_refusal(error: ArchitectureMismatchError) -> None:
         sys.excepthook = _clean_expman_errors
 
 
+# The exit code of a checkpoint error (docs/cli.md), for a script that expman runs.
+EXIT_CHECKPOINT_ERROR = 8
+
+
+def report_checkpoint_errors() -> None:
+    """Under ``expman run``: an uncaught checkpoint error ends the script as expman's own do.
+
+    One line on stderr (``expman: error: ...``) and exit code 8, not a traceback
+    and exit 1, unless EXPMAN_DEBUG=1 or the script installed its own hook.
+    """
+    if (
+        current_run() is not None
+        and os.environ.get(ENV_DEBUG) != "1"
+        and sys.excepthook is sys.__excepthook__
+    ):
+        sys.excepthook = _clean_expman_errors
+
+
 def _clean_expman_errors(
     kind: type[BaseException], error: BaseException, traceback: TracebackType | None
 ) -> None:
+    if isinstance(error, CheckpointError):
+        sys.stdout.flush()
+        print(f"expman: error: {error}", file=sys.stderr, flush=True)
+        os._exit(EXIT_CHECKPOINT_ERROR)
     if not isinstance(error, ArchitectureMismatchError):
         sys.__excepthook__(kind, error, traceback)
         return
