@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench fuzz clean
 
 # The suite also tests expman.torch and the TensorBoard event files (written with
 # tensorboardX, read back with tensorboard's reader): the CPU build of torch 2.13.0,
@@ -32,6 +32,14 @@ test: lint
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo.iris
+
+# The long run of the checkpoint fuzzer (docs/development.md, "Fuzzing"): pytest runs
+# in its own process, so a crash (segfault) fails the target as surely as an exception.
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(BIN)/.installed
+	EXPMAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EXPMAN_FUZZ_PROGRESS=fuzz-progress.txt \
+		$(BIN)/pytest tests/test_fuzz_checkpoints.py -q \
+		-p no:cacheprovider --hypothesis-show-statistics
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkpoint_io
