@@ -249,12 +249,14 @@ CASES = [
         rewrite("tensor_external_storage", tensor_external_storage),
         F,
         "'/tensors/global_step:0' has external storage",
+        stage="read",
     ),
     Case(
         "a virtual tensor dataset",
         rewrite("tensor_virtual_dataset", tensor_virtual_dataset),
         F,
         "'/tensors/dnn/logits/kernel:0' is a virtual dataset",
+        stage="read",
     ),
     Case(
         "an object the format does not name",

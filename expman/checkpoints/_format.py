@@ -33,6 +33,7 @@ from expman.checkpoints._layout import tensor_path
 from expman.checkpoints._state import Bits, Leaf, LeafKind
 from expman.checkpoints._validate import (
     META_DATASETS,
+    TensorStorage,
     check_links,
     check_meta_dataset,
     check_objects,
@@ -291,7 +292,9 @@ def _metadata(path: Path, f: h5py.File, fd: int, info: os.stat_result) -> Checkp
         manifest = checked_manifest(path, values["tensors"], architecture)
         paths = [item["path"] for item in manifest]
         check_objects(path, names, paths)
-        check_storage(path, f, [*sorted(n for n in names if n.startswith("meta/")), *paths])
+        # Tensor datasets are checked the same way when read (read_tensors opens
+        # each anyway); opening 10,000 of them here would slow every listing.
+        check_storage(path, f, sorted(n for n in names if n.startswith("meta/")))
         return CheckpointMetadata(
             path=path,
             format_version=attrs.format_version,
@@ -385,22 +388,22 @@ def read_tensors(
 
 def _checked_datasets(
     f: h5py.File, metadata: CheckpointMetadata, names: Sequence[str], fd: int, size: int
-) -> dict[str, h5py.Dataset]:
+) -> dict[str, TensorStorage]:
     records = {record.name: record for record in metadata.tensors}
     specs = metadata.architecture.by_name()
     datasets, stored = {}, 0
     for name in names:
         record = records[name]
         try:
-            dataset, nbytes = checked_tensor_dataset(
+            storage = checked_tensor_dataset(
                 metadata.path, f, record.path, record.kind, specs[name], size, fd
             )
         except CheckpointError:
             raise
         except _READ_ERRORS as error:
             raise _unreadable(metadata.path, name, error) from error
-        datasets[name] = dataset
-        stored += nbytes
+        datasets[name] = storage
+        stored += storage.stored
     check_tensor_sizes(metadata.path, stored, size)
     return datasets
 
@@ -434,7 +437,7 @@ def _verified(
 
 
 def _read_value(
-    dataset: h5py.Dataset,
+    storage: TensorStorage,
     fd: int,
     hasher: ThreadPoolExecutor,
     record: TensorRecord,
@@ -442,38 +445,37 @@ def _read_value(
 ) -> tuple[np.ndarray[Any, Any] | str, Future[str]]:
     """Read one checked tensor; its checksum is computed on ``hasher`` meanwhile."""
     if record.kind == "str":
-        text = str(dataset.asstr()[()])
+        assert storage.dataset is not None
+        text = str(storage.dataset.asstr()[()])
         return text, hasher.submit(checksum, text)
-    return _read_array(dataset, fd, hasher, destination)
+    return _read_array(storage, fd, hasher, destination)
 
 
 def _read_array(
-    dataset: h5py.Dataset, fd: int, hasher: ThreadPoolExecutor, destination: Any
+    storage: TensorStorage, fd: int, hasher: ThreadPoolExecutor, destination: Any
 ) -> tuple[np.ndarray[Any, Any], Future[str]]:
     """Read into ``destination`` when it fits, hashing each chunk as the next is read.
 
     A contiguous, native-order dataset is read straight from its file offset
     into the array, 16 MiB at a time; anything else goes through HDF5.
     """
-    dtype = np.dtype(dataset.dtype)
     fits = (
         isinstance(destination, np.ndarray)
-        and destination.shape == dataset.shape
-        and destination.dtype == dtype
+        and destination.shape == storage.shape
+        and destination.dtype == storage.dtype
         and destination.flags.c_contiguous
         and destination.flags.writeable
     )
-    target = destination if fits else np.empty(dataset.shape, dtype)
+    target = destination if fits else np.empty(storage.shape, storage.dtype)
     data = target.reshape(-1).view(np.uint8).data
     state = xxhash.xxh3_64()
-    offset = dataset.id.get_offset() if dataset.chunks is None and dtype.isnative else None
-    if data.nbytes and offset is not None:
+    if data.nbytes and storage.offset is not None:
         for start in range(0, data.nbytes, _READ_CHUNK):
             chunk = data[start : start + _READ_CHUNK]
-            _read_exactly(fd, chunk, offset + start)
+            _read_exactly(fd, chunk, storage.offset + start)
             hasher.submit(state.update, chunk)
-    elif data.nbytes:
-        dataset.read_direct(target)
+    elif data.nbytes and storage.dataset is not None:
+        storage.dataset.read_direct(target)
         hasher.submit(state.update, data)
     return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
 

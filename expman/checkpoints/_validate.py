@@ -33,6 +33,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "META_DATASETS",
     "RootAttributes",
+    "TensorStorage",
     "check_links",
     "check_meta_dataset",
     "check_objects",
@@ -212,28 +213,35 @@ def _check_string_length(path: Path, dataset: h5py.Dataset, where: str, fd: int)
 
 
 def check_storage(path: Path, f: h5py.File, names: Iterable[str]) -> None:
-    """Each named object (a tensor, or another ``/meta`` dataset) is a dataset stored here.
+    """Each named ``/meta`` object is a dataset stored here (tensors: when they are read).
 
     Checked from the dataset's creation properties, without reading it: no
-    external storage, not virtual, no filter but gzip or lzf. A missing
-    tensor is left for the read to report.
+    external storage, not virtual, no filter but gzip or lzf.
     """
     for name in names:
-        obj = f.get(name)
-        where = "/" + name
-        if obj is None and name.startswith("tensors/"):
-            continue
-        if not isinstance(obj, h5py.Dataset):
-            raise refused(path, f"{where!r:.80} is not a dataset")
-        _check_storage(path, obj, where)
-        _check_filters(path, obj, where)
+        try:
+            dataset = h5py.h5d.open(f.id, name.encode())
+        except (KeyError, OSError, ValueError, RuntimeError) as error:
+            raise refused(path, f"{'/' + name!r:.80} is not a dataset") from error
+        _storage(path, dataset, "/" + name)
 
 
 def _check_storage(path: Path, dataset: h5py.Dataset, where: str) -> None:
-    if dataset.is_virtual:
+    _storage(path, dataset.id, where)
+
+
+def _storage(path: Path, dataset: Any, where: str) -> tuple[int, set[int]]:
+    """A dataset's layout and filters, refusing external or virtual storage and other filters."""
+    plist = dataset.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
         raise refused(path, f"{where!r:.80} is a virtual dataset")
-    if dataset.id.get_create_plist().get_external_count():
+    if plist.get_external_count():
         raise refused(path, f"{where!r:.80} has external storage")
+    filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+    if not filters <= ALLOWED_FILTERS:
+        raise refused(path, f"{where!r:.80} uses a filter other than gzip or lzf")
+    return layout, filters
 
 
 # -- attributes ------------------------------------------------------------------
@@ -392,6 +400,22 @@ def checked_manifest(path: Path, value: Any, architecture: Architecture) -> list
 # -- tensor datasets -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TensorStorage:
+    """Where a checked tensor's bytes are.
+
+    ``offset``: a contiguous, native-order dataset, read straight from the file
+    without HDF5; otherwise ``dataset``, read through HDF5. ``stored``: the
+    bytes of the file it occupies.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    offset: int | None
+    dataset: h5py.Dataset | None
+    stored: int
+
+
 def checked_tensor_dataset(
     path: Path,
     f: h5py.File,
@@ -400,70 +424,68 @@ def checked_tensor_dataset(
     spec: TensorSpec,
     file_size: int,
     fd: int,
-) -> tuple[h5py.Dataset, int]:
-    """The dataset of one tensor and how many bytes of the file it may read.
+) -> TensorStorage:
+    """Check the dataset of one tensor before anything of it is read.
 
-    Raises ``ValueError`` for a dataset that differs from its recorded shape or
-    dtype (the caller names the tensor) and :class:`CheckpointFormatError` for
-    storage the format does not allow.
+    Raises ``ValueError`` or ``TypeError`` for a dataset that differs from its
+    recorded shape or dtype (the caller names the tensor) and
+    :class:`CheckpointFormatError` for storage the format does not allow.
     """
-    dataset = f.get(record_path)
     where = f"/{record_path}"
-    if not isinstance(dataset, h5py.Dataset) or dataset.file.filename != f.filename:
+    try:
+        dsid = h5py.h5d.open(f.id, record_path.encode())
+    except (KeyError, OSError, ValueError, RuntimeError) as error:
+        raise refused(path, f"{where!r:.80} is not a dataset of this file") from error
+    if dsid.fileno != f.id.fileno:
         raise refused(path, f"{where!r:.80} is not a dataset of this file")
-    _check_storage(path, dataset, where)
+    layout, filters = _storage(path, dsid, where)
+    shape, dtype = tuple(dsid.shape), np.dtype(dsid.dtype)
     if kind == "str":
-        if dataset.shape != () or h5py.check_string_dtype(dataset.dtype) is None:
+        dataset = h5py.Dataset(dsid)
+        if shape != () or h5py.check_string_dtype(dtype) is None:
             raise ValueError("not a string")
         if spec.dtype != "str":
             raise ValueError(f"stored as a string, recorded as {spec.dtype}")
         _check_string_length(path, dataset, where, fd)
-        return dataset, _stored_bytes(path, dataset, where, 0, file_size)
-    dtype = dataset.dtype
+        stored = _stored_bytes(path, dsid, where, layout, filters, 0, file_size)
+        return TensorStorage(shape, dtype, None, dataset, stored)
     if dtype.fields is not None or dtype.subdtype is not None or dtype.name not in NUMERIC_DTYPES:
         raise TypeError(f"dtype {dtype} is not numeric")
-    stored = dtype.name if kind != "bits" else spec.dtype
-    if (
-        dataset.shape != spec.shape
-        or stored != spec.dtype
-        or (kind == "bits" and dtype.kind != "u")
-    ):
+    recorded = dtype.name if kind != "bits" else spec.dtype
+    if shape != spec.shape or recorded != spec.dtype or (kind == "bits" and dtype.kind != "u"):
         raise ValueError(
-            f"stored as {list(dataset.shape)} {dtype.name}, recorded as "
-            f"{list(spec.shape)} {spec.dtype}"
+            f"stored as {list(shape)} {dtype.name}, recorded as {list(spec.shape)} {spec.dtype}"
         )
-    declared = math.prod(dataset.shape) * dtype.itemsize
-    return dataset, _stored_bytes(path, dataset, where, declared, file_size)
+    declared = math.prod(shape) * dtype.itemsize
+    stored = _stored_bytes(path, dsid, where, layout, filters, declared, file_size)
+    if layout == h5py.h5d.CONTIGUOUS and dtype.isnative:
+        return TensorStorage(shape, dtype, dsid.get_offset(), None, stored)
+    return TensorStorage(shape, dtype, None, h5py.Dataset(dsid), stored)
 
 
 def _stored_bytes(
-    path: Path, dataset: h5py.Dataset, where: str, declared: int, file_size: int
+    path: Path,
+    dsid: Any,
+    where: str,
+    layout: int,
+    filters: set[int],
+    declared: int,
+    file_size: int,
 ) -> int:
     """Bytes of the file a dataset occupies, checked to lie inside the file."""
-    filters = _check_filters(path, dataset, where)
-    plist = dataset.id.get_create_plist()
-    layout = plist.get_layout()
     if layout == h5py.h5d.CHUNKED:
-        stored = dataset.id.get_storage_size()
+        stored = dsid.get_storage_size()
         if declared > MAX_EXPANSION * stored + 2**20:
             raise refused(path, f"{where!r:.80} declares more data than it can hold")
         return int(stored)
     if layout == h5py.h5d.CONTIGUOUS and not filters:
-        offset = dataset.id.get_offset()
+        offset = dsid.get_offset()
         if declared and (offset is None or offset + declared > file_size):
             raise damaged(path, f"{where!r:.80} lies outside the file")
         return declared
     if layout == h5py.h5d.COMPACT and not filters and declared <= 2**16:
         return declared
     raise refused(path, f"{where!r:.80} has a storage layout the format does not allow")
-
-
-def _check_filters(path: Path, dataset: h5py.Dataset, where: str) -> set[int]:
-    plist = dataset.id.get_create_plist()
-    filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
-    if not filters <= ALLOWED_FILTERS:
-        raise refused(path, f"{where!r:.80} uses a filter other than gzip or lzf")
-    return filters
 
 
 def check_tensor_sizes(path: Path, stored: int, file_size: int) -> None:
