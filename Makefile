@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench fuzz clean
 
 # The suite also tests expman.torch, expman.lightning, expman.transformers (tiny models
 # built in code; safetensors for the benchmarks) and the
@@ -39,6 +39,14 @@ test: lint
 # make demo KEEP=1 keeps the walkthrough's temporary repository to look at.
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo.iris $(if $(KEEP),--keep,)
+
+# The long run of the checkpoint fuzzer (docs/development.md, "Fuzzing"): pytest runs
+# in its own process, so a crash (segfault) fails the target as surely as an exception.
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(BIN)/.installed
+	EXPMAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EXPMAN_FUZZ_PROGRESS=fuzz-progress.txt \
+		$(BIN)/pytest tests/test_fuzz_checkpoints.py -q \
+		-p no:cacheprovider --hypothesis-show-statistics
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkpoint_io

@@ -25,7 +25,8 @@ subclasses the builtin a Python programmer would catch::
         ├── CheckpointNotFoundError (LookupError)
         ├── CheckpointExistsError (FileExistsError)
         ├── CheckpointCorruptError             truncated, not HDF5, checksum mismatch
-        ├── CheckpointFormatError              HDF5 not written by expman, future version
+        ├── CheckpointFormatError              not expman's, future version, links, external data
+        ├── CheckpointReadError (OSError)      missing, unreadable, not a regular file
         ├── CheckpointWriteError (OSError)     full disk, read-only directory, ...
         └── CheckpointSaveFailedError          an asynchronous save failed earlier
 
@@ -34,7 +35,8 @@ subclasses the builtin a Python programmer would catch::
     ├── FreshStateWarning                      a part given to restore is not in the checkpoint
     ├── LastStepNotSavedWarning                close() did not save a state changed after save()
     ├── ModelConfigChangedWarning              same tensors, different model config
-    └── CheckpointIndexWarning                 damaged index, fell back to a scan
+    ├── CheckpointIndexWarning                 damaged index, fell back to a scan
+    └── CheckpointSkippedWarning               a ckpt-*.h5 that is not a regular file
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointIndexWarning",
     "CheckpointNotFoundError",
+    "CheckpointReadError",
     "CheckpointSaveFailedError",
+    "CheckpointSkippedWarning",
     "CheckpointWriteError",
     "CommandNotFoundError",
     "ConfigError",
@@ -150,7 +154,15 @@ class CheckpointCorruptError(CheckpointError):
 
 
 class CheckpointFormatError(CheckpointError):
-    """An HDF5 file that expman did not write, or of a newer format version."""
+    """A file that breaks the checkpoint format: foreign, too new, or hostile.
+
+    Links, external or virtual storage, dtypes, sizes or attributes that the
+    format does not allow (docs/checkpoint-format.md lists what a reader checks).
+    """
+
+
+class CheckpointReadError(CheckpointError, OSError):
+    """A checkpoint file or directory cannot be read: missing, no permission, not a file."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -273,3 +285,7 @@ class ModelConfigChangedWarning(ExpmanWarning):
 
 class CheckpointIndexWarning(ExpmanWarning):
     """The ``checkpoint`` index was missing or damaged; the directory was scanned."""
+
+
+class CheckpointSkippedWarning(ExpmanWarning):
+    """A ``ckpt-*.h5`` entry is not a regular file of the directory; it was never opened."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from expman import CheckpointManager, CheckpointPolicy, CheckpointWriteError
-from tests.conftest import remount_read_only
+from tests.conftest import _mount_tmpfs, remount_read_only
 
 BLOCK = {"w": np.arange(40_000, dtype=np.float64)}  # 320 KB a checkpoint
 
@@ -68,3 +68,85 @@ def test_read_only_directory(small_filesystem: Path) -> None:
         f"cannot create checkpoint directory {small_filesystem / 'new_dir'}: the directory "
         "is not writable: fix its permissions or choose another directory"
     )
+
+
+FILL_CHILD = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from expman import (
+    CheckpointManager, CheckpointPolicy, CheckpointSaveFailedError, CheckpointWriteError,
+)
+directory, free, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+filler = directory.parent / "filler"
+info = os.statvfs(directory)
+try:
+    with open(filler, "wb") as handle:
+        handle.write(bytes(max(0, info.f_bavail * info.f_frsize - free)))
+except OSError:
+    pass
+manager = CheckpointManager(
+    directory, policy=CheckpointPolicy(keep_max=None), async_save=mode == "async"
+)
+try:
+    # Many tensors: most of what HDF5 writes at close is then its own metadata.
+    manager.save(3, {f"layer{i}/w": np.full(1000, i, np.float32) for i in range(100)}, force=True)
+    manager.close()
+    print("saved")
+except CheckpointWriteError as error:
+    print("refused:", error)
+except CheckpointSaveFailedError as error:
+    print("refused:", error.__cause__)
+"""
+
+
+def test_a_full_disk_at_50_fill_levels_never_crashes_nor_loses_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Each level in a fresh process, sync and async in turn: with HDF5 writing into a
+    full disk, every level crashed the interpreter (segmentation fault) before the fix."""
+    import subprocess
+
+    small_filesystem = tmp_path / "fs"
+    _mount_tmpfs(small_filesystem, "4m")
+    try:
+        _fill_levels(small_filesystem)
+    finally:
+        subprocess.run(["umount", "-l", str(small_filesystem)], check=False)
+
+
+def _fill_levels(small_filesystem: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    directory = small_filesystem / "model_dir"
+    manager = CheckpointManager(directory, policy=CheckpointPolicy(keep_max=None))
+    for step in (1, 2):
+        manager.save(step, state(step), force=True)
+    kept = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.glob("*.h5")}
+    outcomes = []
+    for level in range(50):
+        free, mode = level * 20_000, ("sync", "async")[level % 2]
+        child = subprocess.run(
+            [sys.executable, "-c", FILL_CHILD, str(directory), str(free), mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == 0, (free, mode, child.returncode, child.stderr[-2000:])
+        assert "Traceback" not in child.stderr and "Exception ignored" not in child.stderr
+        outcome = child.stdout.strip()
+        assert outcome == "saved" or outcome.startswith("refused: could not save checkpoint step 3")
+        outcomes.append(outcome.split(":")[0])
+        (small_filesystem / "filler").unlink(missing_ok=True)
+        for path in directory.iterdir():
+            if path.name not in kept and path.name != "checkpoint":
+                path.unlink()
+        assert {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.glob("*.h5")
+        } == kept
+    assert {"saved", "refused"} == set(outcomes)  # both sides of the limit were tried
+    reader = CheckpointManager(directory)
+    for step in (1, 2):
+        np.testing.assert_array_equal(reader.load(step)["w"], state(step)["w"])

@@ -27,7 +27,9 @@ def test_all_is_sorted_and_pinned() -> None:
         "CheckpointMetadata",
         "CheckpointNotFoundError",
         "CheckpointPolicy",
+        "CheckpointReadError",
         "CheckpointSaveFailedError",
+        "CheckpointSkippedWarning",
         "CheckpointWriteError",
         "CommandNotFoundError",
         "ConfigError",
@@ -89,11 +91,11 @@ def test_import_expman_and_the_cli_load_neither_numpy_nor_h5py() -> None:
     assert result.stdout.split() == ["False", "False"]
 
 
-def test_only_the_format_module_imports_h5py() -> None:
+def test_only_the_format_modules_import_h5py() -> None:
     users = sorted(
         p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "h5py" in imports_of(p)
     )
-    assert users == ["checkpoints/_format.py"]
+    assert users == ["checkpoints/_format.py", "checkpoints/_validate.py"]
 
 
 def test_only_the_queue_imports_dask() -> None:

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from expman._errors import CheckpointError, CheckpointIndexWarning
+from expman._errors import (
+    CheckpointError,
+    CheckpointIndexWarning,
+    CheckpointNotFoundError,
+    CheckpointReadError,
+    CheckpointSkippedWarning,
+)
 from expman.checkpoints._durable import fsync_directory, phase, write_text_atomically
+from expman.checkpoints._layout import checkpoint_filename, step_of_filename
 
 if TYPE_CHECKING:
     from expman.checkpoints._format import CheckpointMetadata
@@ -26,12 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["INDEX_NAME", "CheckpointDirectory", "CheckpointInfo", "checkpoint_filename"]
 
 INDEX_NAME = "checkpoint"
-_CHECKPOINT = re.compile(r"^ckpt-(\d+)\.h5$")
 _INDEX_LINE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths): "(ckpt-\d+\.h5)"$')
-
-
-def checkpoint_filename(step: int) -> str:
-    return f"ckpt-{step:06d}.h5"
 
 
 @dataclass(frozen=True)
@@ -66,21 +69,75 @@ class CheckpointDirectory:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._metadata: dict[tuple[str, int, int], CheckpointMetadata | CheckpointError] = {}
+        self._metadata: dict[tuple[Any, ...], CheckpointMetadata | CheckpointError] = {}
 
     def steps(self) -> dict[int, Path]:
-        """Every committed checkpoint file, by step."""
+        """Every committed checkpoint file, by step.
+
+        Only canonical names count (``ckpt-000005.h5``, not ``ckpt-5.h5``), and
+        only regular files of this directory: a FIFO, device, socket, directory,
+        dangling symlink or symlink out of the directory is skipped with a
+        :class:`CheckpointSkippedWarning`, never opened.
+        """
         found = {}
-        for entry in os.scandir(self.path):
-            match = _CHECKPOINT.match(entry.name)
-            if match:
-                found[int(match[1])] = Path(entry.path)
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError as error:
+            raise self._unreadable(error) from error
+        for entry in entries:
+            step = step_of_filename(entry.name)
+            if step is None:
+                continue
+            reason = self._irregular(entry)
+            if reason is None:
+                found[step] = Path(entry.path)
+            else:
+                warnings.warn(
+                    f"skipped {entry.path}: {reason}; move it away",
+                    CheckpointSkippedWarning,
+                    stacklevel=3,
+                )
         return dict(sorted(found.items()))
 
+    def _irregular(self, entry: os.DirEntry[str]) -> str | None:
+        """Why a ``ckpt-*.h5`` entry is not a checkpoint file of this directory, or None."""
+        try:
+            if entry.is_symlink():
+                target = Path(os.path.realpath(entry.path))
+                if target.parent != Path(os.path.realpath(self.path)):
+                    return "it is a symlink that leaves the checkpoint directory"
+            mode = os.stat(entry.path).st_mode
+        except FileNotFoundError:
+            return "it is a dangling symlink"
+        except OSError as error:
+            return f"it cannot be examined ({error.strerror or error})"
+        if not stat.S_ISREG(mode):
+            return "it is not a regular file"
+        return None
+
+    def _unreadable(self, error: OSError) -> CheckpointReadError:
+        return CheckpointReadError(
+            f"cannot read checkpoint directory {self.path} ({error.strerror or error}): "
+            "check that it exists and is readable"
+        )
+
     def metadata(self, path: Path) -> CheckpointMetadata:
-        """A checkpoint's metadata, cached while the file is unchanged."""
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        """A checkpoint's metadata, cached while the file is unchanged.
+
+        Raises:
+            CheckpointNotFoundError: the file was removed meanwhile.
+            CheckpointError: the file is damaged, hostile or unreadable.
+        """
+        try:
+            info = path.stat()
+        except FileNotFoundError as error:
+            raise CheckpointNotFoundError(f"checkpoint {path} was removed meanwhile") from error
+        except OSError as error:
+            raise CheckpointReadError(
+                f"cannot read checkpoint {path} ({error.strerror or error}): "
+                "check that it is readable, or move it away"
+            ) from error
+        key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         if key not in self._metadata:
             # Imported here: h5py and numpy take ~0.2 s to import, and listing
             # steps or pins (as the CLI does) must not pay for them.
@@ -101,7 +158,7 @@ class CheckpointDirectory:
         for step, path in self.steps().items():
             try:
                 meta = self.metadata(path)
-            except FileNotFoundError:
+            except CheckpointNotFoundError:
                 continue  # removed meanwhile
             except CheckpointError as error:
                 infos.append(
@@ -177,9 +234,13 @@ class CheckpointDirectory:
             fsync_directory(self.path)
 
     def pinned_steps(self) -> set[int]:
+        try:
+            names = os.listdir(self.path)
+        except OSError as error:
+            raise self._unreadable(error) from error
         return {
             int(name[5:-4])
-            for name in os.listdir(self.path)
+            for name in names
             if name.startswith("ckpt-") and name.endswith(".pin") and name[5:-4].isdigit()
         }
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from expman._errors import ArchitectureMismatchError
+from expman._errors import ArchitectureMismatchError, CheckpointError
 
 __all__ = [
     "ENV_CHECKPOINT_DIR",
@@ -33,6 +33,7 @@ __all__ = [
     "manager_defaults",
     "opened_directories",
     "remember_directory",
+    "report_checkpoint_errors",
 ]
 
 ENV_CHECKPOINT_DIR = "EXPMAN_CHECKPOINT_DIR"
@@ -149,17 +150,42 @@ def leave_refusal(error: ArchitectureMismatchError) -> None:
         "differences": error.diff.lines(),
     }
     defaults.refusal_file.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    if os.environ.get(ENV_DEBUG) != "1":
-        sys.excepthook = _exit_quietly_on_refusal
+    report_checkpoint_errors()
 
 
-def _exit_quietly_on_refusal(
+# The exit code of a checkpoint error (docs/cli.md), for a script that expman runs.
+EXIT_CHECKPOINT_ERROR = 8
+EXIT_ARCHITECTURE_MISMATCH = 3
+
+
+def report_checkpoint_errors() -> None:
+    """In a run: an uncaught checkpoint error ends the script as expman's own errors do.
+
+    One line on stderr (``expman: error: ...``) and exit code 8 (3 for a
+    refused restore, which ``expman run`` prints from the refusal file), not
+    a traceback and exit 1; unless EXPMAN_DEBUG=1 or the script installed its
+    own hook.
+    """
+    if (
+        manager_defaults() is not None
+        and os.environ.get(ENV_DEBUG) != "1"
+        and sys.excepthook in (sys.__excepthook__, _exit_like_expman)
+    ):
+        sys.excepthook = _exit_like_expman
+
+
+def _exit_like_expman(
     kind: type[BaseException], error: BaseException, traceback: TracebackType | None
 ) -> None:
-    if not isinstance(error, ArchitectureMismatchError):
+    if isinstance(error, ArchitectureMismatchError):
+        code = EXIT_ARCHITECTURE_MISMATCH  # expman run prints the refusal itself
+    elif isinstance(error, CheckpointError):
+        sys.stdout.flush()
+        print(f"expman: error: {error}", file=sys.stderr, flush=True)
+        code = EXIT_CHECKPOINT_ERROR
+    else:
         sys.__excepthook__(kind, error, traceback)
         return
-    # expman run prints the refusal (from the refusal file) and exits 3 itself.
     sys.stderr.flush()
     sys.stdout.flush()
-    os._exit(3)
+    os._exit(code)

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "allocate",
     "commit_file",
     "describe_os_error",
     "fsync_directory",
     "fsync_file",
     "phase",
     "remove_stale_temporaries",
+    "reserve_space",
     "temporary_path",
     "write_text_atomically",
 ]
@@ -106,6 +108,46 @@ def _renameat2_no_replace(temporary: Path, final: Path) -> None:
     if result != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), str(final))
+
+
+def reserve_space(beside: Path, size: int) -> None:
+    """Check that ``size`` bytes fit on the device of ``beside``, before writing there.
+
+    A file of that size is allocated (not written) beside it, then removed: a
+    full disk raises ``OSError(ENOSPC)`` here, before any library writes.
+    """
+    probe = temporary_path(beside)
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _fallocate(fd, size)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def allocate(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes for ``path`` so that writes within them cannot meet ENOSPC."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        _fallocate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _fallocate(fd: int, size: int) -> None:
+    """fallocate(2) itself: glibc's posix_fallocate would write zeros where it is missing."""
+    if size <= 0:
+        return
+    if _libc.fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(size)) == 0:
+        return
+    code = ctypes.get_errno()
+    # A filesystem without fallocate: nothing is reserved, and writes report ENOSPC.
+    if code not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise OSError(code, os.strerror(code))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -20,11 +20,35 @@ import h5py
 import numpy as np
 import xxhash
 
-from expman._errors import CheckpointCorruptError, CheckpointFormatError
+from expman._errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+)
 from expman._version import __version__
 from expman.checkpoints._architecture import Architecture, TensorSpec
-from expman.checkpoints._durable import phase
+from expman.checkpoints._durable import allocate, phase, reserve_space
+from expman.checkpoints._layout import tensor_path
 from expman.checkpoints._state import Bits, Leaf, LeafKind
+from expman.checkpoints._validate import (
+    META_DATASETS,
+    TensorStorage,
+    check_links,
+    check_meta_dataset,
+    check_objects,
+    check_same_file,
+    check_storage,
+    check_tensor_sizes,
+    checked_architecture,
+    checked_manifest,
+    checked_mapping,
+    checked_root_attributes,
+    checked_tensor_dataset,
+    damaged,
+    open_regular_file,
+    read_format_name,
+)
 
 __all__ = [
     "FORMAT_NAME",
@@ -40,7 +64,6 @@ __all__ = [
 
 FORMAT_NAME = "expman-checkpoint"
 FORMAT_VERSION = 1
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 CHECKSUM_ALGORITHM = "xxh3-64"
 _COMPRESSIONS = ("gzip", "lzf")
 _READ_CHUNK = 16 * 2**20
@@ -88,26 +111,6 @@ class CheckpointMetadata:
     size: int
 
 
-def tensor_path(name: str) -> str:
-    """The HDF5 path of a tensor: its name's components as groups, ``:0`` on the leaf.
-
-    Components are escaped so that every name maps to its own path: ``%`` and
-    ``:`` are percent-encoded, and the components HDF5 would treat
-    specially (empty, ``.``, ``..``) are spelled ``%``, ``%2E`` and ``%2E%2E``.
-    The ``:0`` suffix lets ``a/b`` and ``a/b/c`` coexist (``a/b:0`` beside the
-    group ``a/b``).
-    """
-    return "tensors/" + "/".join(_escape(part) for part in name.split("/")) + ":0"
-
-
-def _escape(component: str) -> str:
-    if component == "":
-        return "%"
-    if component in (".", ".."):
-        return "%2E" * len(component)
-    return component.replace("%", "%25").replace(":", "%3A")
-
-
 def checksum(value: np.ndarray[Any, Any] | str) -> str:
     """``xxh3-64:<hex>`` of a value's C-order bytes (UTF-8 for a string)."""
     if isinstance(value, str):
@@ -133,10 +136,22 @@ def write_checkpoint(
     if compression is not None and compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS} or None")
     wall_time = time.time()
+    texts = {
+        "architecture": _json(architecture.to_json()),
+        "metrics": _json(dict(metrics)),
+        "params": _json(dict(params)),
+    }
+    # HDF5 must never meet a full disk: a failed write inside it, or at its
+    # close, leaves ids it cannot free and can crash the interpreter. So the
+    # file's room is reserved before HDF5 opens it (ENOSPC is a plain OSError
+    # then), allocated as soon as HDF5 has created it, and the surplus cut after.
+    room = _size_bound(leaves, texts)
+    reserve_space(path, room)
     with (
         ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
         h5py.File(path, "w") as f,
     ):
+        allocate(path, room)
         # Checksums are computed on a second thread while this one writes the
         # data (both release the GIL), then stored as attributes.
         checksums = _checksums(hasher, leaves)
@@ -160,15 +175,39 @@ def write_checkpoint(
             for dataset, leaf, digest in zip(datasets, leaves, checksums, strict=True)
         ]
         meta = f.create_group("meta")
-        meta["architecture"] = _json(architecture.to_json())
-        meta["metrics"] = _json(dict(metrics))
-        meta["params"] = _json(dict(params))
+        for name, text in texts.items():
+            meta[name] = text
         meta["tensors"] = _json(
             [
                 {"name": r.name, "path": r.path, "kind": r.kind, "checksum": r.checksum}
                 for r in records
             ]
         )
+    os.truncate(path, _end_of_file(path))
+
+
+def _size_bound(leaves: Sequence[Leaf], texts: Mapping[str, str]) -> int:
+    """More bytes than the file can take: data, plus generous room for HDF5's own."""
+    data = sum(
+        len(leaf.value.encode()) if isinstance(leaf.value, str) else leaf.value.nbytes
+        for leaf in leaves
+    )
+    # HDF5 takes about 2.7 KiB for a tensor two groups deep (object headers,
+    # links, attributes, manifest entry): room for more, by name length and depth.
+    headers = sum(2048 + 1024 * leaf.name.count("/") + 8 * len(leaf.name) for leaf in leaves)
+    text = sum(len(t.encode()) for t in texts.values())
+    return data + data // 64 + headers + 3 * text + 2**16
+
+
+def _end_of_file(path: Path) -> int:
+    """Where HDF5 says the file ends (its superblock's end-of-file address)."""
+    with open(path, "rb") as handle:
+        superblock = handle.read(48)
+    # Superblock version 0 with 8-byte addresses (what h5py writes by default):
+    # the end-of-file address is at byte 40.
+    if len(superblock) < 48 or superblock[8] != 0 or superblock[13] != 8:
+        return os.path.getsize(path)
+    return int.from_bytes(superblock[40:48], "little")
 
 
 def _checksums(hasher: ThreadPoolExecutor, leaves: Sequence[Leaf]) -> list[Future[str]]:
@@ -202,7 +241,6 @@ def _record(dataset: h5py.Dataset, leaf: Leaf, digest: str) -> TensorRecord:
         return TensorRecord(leaf.name, tensor_path(leaf.name).lstrip("/"), leaf.kind, digest)
     dataset.attrs["name"] = leaf.name
     dataset.attrs["kind"] = leaf.kind
-    dataset.attrs["checksum"] = digest
     if leaf.kind == "bits":
         dataset.attrs["dtype"] = leaf.dtype
     return TensorRecord(leaf.name, dataset.name.lstrip("/"), leaf.kind, digest)
@@ -224,85 +262,87 @@ def _library_versions() -> dict[str, str]:
 def read_metadata(path: Path) -> CheckpointMetadata:
     """Read a checkpoint's metadata without reading any tensor.
 
+    The whole file is checked first (``docs/checkpoint-format.md``, "What a
+    reader checks"), so nothing outside it is ever read.
+
     Raises:
         CheckpointCorruptError: the file is not HDF5, truncated or damaged.
-        CheckpointFormatError: the file was not written by expman, or by a newer one.
+        CheckpointFormatError: the file breaks the format: not written by expman,
+            by a newer one, or holding links, external data or forged sizes.
+        CheckpointReadError: the file is missing, unreadable or not a regular file.
     """
-    with _open(path) as f:
-        return _metadata(path, f)
-
-
-def _open(path: Path) -> h5py.File:
-    with open(path, "rb") as handle:
-        signature = handle.read(len(HDF5_SIGNATURE))
-    if signature != HDF5_SIGNATURE:
-        raise CheckpointCorruptError(
-            f"{path} is not an HDF5 file (damaged, or not a checkpoint): "
-            "restore another step, or move the file away"
-        )
+    fd, info = open_regular_file(path)
     try:
-        return h5py.File(path, "r")
-    except OSError as error:
+        with _open(path, info) as f:
+            return _metadata(path, f, fd, info)
+    finally:
+        os.close(fd)
+
+
+def _open(path: Path, info: os.stat_result) -> h5py.File:
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as error:
         raise CheckpointCorruptError(
             f"{path} is truncated or damaged ({_first_line(error)}): "
             "restore another step, or move the file away"
         ) from error
-
-
-def _metadata(path: Path, f: h5py.File) -> CheckpointMetadata:
-    attrs = f.attrs
-    if _text(attrs.get("format")) != FORMAT_NAME:
-        raise CheckpointFormatError(
-            f"{path} is an HDF5 file that expman did not write (no format attribute "
-            f"{FORMAT_NAME!r}): give the path of an expman checkpoint"
-        )
-    version = int(attrs.get("format_version", 0))
-    if version > FORMAT_VERSION:
-        raise CheckpointFormatError(
-            f"{path} has checkpoint format version {version}, newer than this expman "
-            f"reads ({FORMAT_VERSION}): upgrade expman to read it"
-        )
     try:
-        tensors = tuple(
-            TensorRecord(str(t["name"]), str(t["path"]), t["kind"], str(t["checksum"]))
-            for t in _read_json(f, "meta/tensors")
-        )
+        check_same_file(path, f, info)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _metadata(path: Path, f: h5py.File, fd: int, info: os.stat_result) -> CheckpointMetadata:
+    try:
+        if read_format_name(f) != FORMAT_NAME:
+            raise CheckpointFormatError(
+                f"{path} is an HDF5 file that expman did not write (no format attribute "
+                f"{FORMAT_NAME!r}): give the path of an expman checkpoint"
+            )
+        attrs = checked_root_attributes(path, f, FORMAT_VERSION)
+        names = check_links(path, f)
+        values = {name: _read_json(path, f, name, fd) for name in META_DATASETS}
+        architecture = checked_architecture(path, values["architecture"])
+        manifest = checked_manifest(path, values["tensors"], architecture)
+        paths = [item["path"] for item in manifest]
+        check_objects(path, names, paths)
+        # Tensor datasets are checked the same way when read (read_tensors opens
+        # each anyway); opening 10,000 of them here would slow every listing.
+        check_storage(path, f, sorted(n for n in names if n.startswith("meta/")))
         return CheckpointMetadata(
             path=path,
-            format_version=version,
-            step=int(attrs["step"]),
-            wall_time=float(attrs["wall_time"]),
-            metrics=_read_json(f, "meta/metrics"),
-            params=_read_json(f, "meta/params"),
-            architecture=Architecture.from_json(_read_json(f, "meta/architecture")),
-            experiment=_text(attrs.get("experiment")),
-            code_commit=_text(attrs.get("code_commit")),
-            versions={
-                key.removesuffix("_version"): str(_text(attrs[key]))
-                for key in attrs
-                if key.endswith("_version") and key != "format_version"
-            },
-            tensors=tensors,
-            size=os.path.getsize(path),
+            format_version=attrs.format_version,
+            step=attrs.step,
+            wall_time=attrs.wall_time,
+            metrics=checked_mapping(path, "metrics", values["metrics"], numbers=True),
+            params=checked_mapping(path, "params", values["params"]),
+            architecture=architecture,
+            experiment=attrs.experiment,
+            code_commit=attrs.code_commit,
+            versions=attrs.versions,
+            tensors=tuple(
+                TensorRecord(t["name"], t["path"], t["kind"], t["checksum"])  # type: ignore[arg-type]
+                for t in manifest
+            ),
+            size=info.st_size,
         )
-    except (KeyError, TypeError, ValueError, OSError) as error:
-        raise CheckpointCorruptError(
-            f"{path} has damaged metadata ({_first_line(error)}): "
-            "restore another step, or move the file away"
-        ) from error
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as error:
+        raise damaged(path, _first_line(error)) from error
 
 
-def _read_json(f: h5py.File, path: str) -> Any:
-    dataset = f[path]
-    if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "OS":
-        raise TypeError(f"{path} is not a text dataset")
+# What h5py and json raise for a damaged file: HDF5 errors come as OSError,
+# KeyError, ValueError or RuntimeError; deeply nested JSON as RecursionError.
+_READ_ERRORS = (KeyError, TypeError, ValueError, OSError, RuntimeError, OverflowError)
+
+
+def _read_json(path: Path, f: h5py.File, name: str, fd: int) -> Any:
+    dataset = check_meta_dataset(path, f, name, fd)
     return json.loads(dataset.asstr()[()])
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _first_line(error: BaseException) -> str:
@@ -317,116 +357,142 @@ def read_tensors(
 ) -> dict[str, Any]:
     """Read the named tensors, verifying each checksum.
 
-    A destination numpy array of the same shape and dtype that is writeable and
-    C-contiguous is filled in place (read straight from the file); otherwise a
-    new value is returned. Values come back as the kind they were saved as.
+    Every dataset to read is checked (storage in this file, layout, dtype,
+    shape, size) before any tensor is read. A destination numpy array of the
+    same shape and dtype that is writeable and C-contiguous is filled in place
+    (read straight from the file); otherwise a new value is returned. Values
+    come back as the kind they were saved as.
 
     Raises:
         CheckpointCorruptError: a tensor fails its checksum or cannot be read.
+        CheckpointFormatError: a tensor's storage breaks the format.
+        CheckpointNotFoundError: a name is not a tensor of the checkpoint.
     """
     records = {record.name: record for record in metadata.tensors}
+    unknown = [name for name in names if name not in records]
+    if unknown:
+        raise CheckpointNotFoundError(
+            f"{metadata.path} has no tensor {unknown[0]!r}: ask for one of the names "
+            "its metadata lists"
+        )
     specs = metadata.architecture.by_name()
     path = metadata.path
-    read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]] = []
-    with (
-        _open(path) as f,
-        open(path, "rb", buffering=0) as raw,
-        ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
-    ):
-        for name in names:
-            record = records[name]
-            try:
-                value, digest = _read_record(
-                    f, raw.fileno(), hasher, record, specs[name], destinations.get(name)
+    fd, info = open_regular_file(path)
+    try:
+        with (
+            _open(path, info) as f,
+            ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
+        ):
+            if info.st_size != metadata.size:
+                raise CheckpointCorruptError(
+                    f"{path} changed after its metadata was read: read it again"
                 )
-            except (KeyError, TypeError, ValueError, OSError) as error:
-                raise CheckpointCorruptError(
-                    f"{path} cannot be read at tensor {name!r} ({_first_line(error)}): "
-                    "restore another step, or move the file away"
-                ) from error
-            read.append((record, value, digest))
-        result: dict[str, Any] = {}
-        for record, value, digest in read:
-            found = digest.result()
-            if found != record.checksum:
-                raise CheckpointCorruptError(
-                    f"{path} is corrupt: tensor {record.name!r} fails its checksum (recorded "
-                    f"{record.checksum}, found {found}): restore another step, or move the "
-                    "file away"
-                )
-            try:
-                result[record.name] = _as_kind(value, record.kind, specs[record.name].dtype)
-            except TypeError as error:
-                raise CheckpointCorruptError(
-                    f"{path} cannot be read at tensor {record.name!r} ({error}): "
-                    "restore another step, or move the file away"
-                ) from error
+            datasets = _checked_datasets(f, metadata, names, fd, info.st_size)
+            read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]] = []
+            for name in names:
+                record = records[name]
+                try:
+                    value, digest = _read_value(
+                        datasets[name], fd, hasher, record, destinations.get(name)
+                    )
+                except _READ_ERRORS as error:
+                    raise _unreadable(path, name, error) from error
+                read.append((record, value, digest))
+            return _verified(path, read, specs)
+    finally:
+        os.close(fd)
+
+
+def _checked_datasets(
+    f: h5py.File, metadata: CheckpointMetadata, names: Sequence[str], fd: int, size: int
+) -> dict[str, TensorStorage]:
+    records = {record.name: record for record in metadata.tensors}
+    specs = metadata.architecture.by_name()
+    datasets, stored = {}, {}
+    for name in names:
+        record = records[name]
+        try:
+            storage = checked_tensor_dataset(
+                metadata.path, f, record.path, record.kind, specs[name], size, fd
+            )
+        except CheckpointError:
+            raise
+        except _READ_ERRORS as error:
+            raise _unreadable(metadata.path, name, error) from error
+        datasets[name] = storage
+        stored[storage.identity] = storage.stored  # a tied tensor's bytes count once
+    check_tensor_sizes(metadata.path, sum(stored.values()), size)
+    return datasets
+
+
+def _unreadable(path: Path, name: str, error: BaseException) -> CheckpointCorruptError:
+    return CheckpointCorruptError(
+        f"{path} cannot be read at tensor {name!r} ({_first_line(error)}): "
+        "restore another step, or move the file away"
+    )
+
+
+def _verified(
+    path: Path,
+    read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]],
+    specs: Mapping[str, TensorSpec],
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for record, value, digest in read:
+        found = digest.result()
+        if found != record.checksum:
+            raise CheckpointCorruptError(
+                f"{path} is corrupt: tensor {record.name!r} fails its checksum (recorded "
+                f"{record.checksum}, found {found}): restore another step, or move the "
+                "file away"
+            )
+        try:
+            result[record.name] = _as_kind(value, record.kind, specs[record.name].dtype)
+        except TypeError as error:
+            raise _unreadable(path, record.name, error) from error
     return result
 
 
-def _read_record(
-    f: h5py.File,
+def _read_value(
+    storage: TensorStorage,
     fd: int,
     hasher: ThreadPoolExecutor,
     record: TensorRecord,
-    spec: TensorSpec,
     destination: Any,
 ) -> tuple[np.ndarray[Any, Any] | str, Future[str]]:
-    """Read one tensor; its checksum is computed on ``hasher`` meanwhile."""
-    if record.path != tensor_path(record.name):
-        raise ValueError(f"unexpected storage path {record.path!r}")
-    dataset = f.get(record.path)
-    if not isinstance(dataset, h5py.Dataset) or dataset.file.filename != f.filename:
-        raise TypeError("not a dataset of this file")
-    if dataset.is_virtual or dataset.external:
-        raise TypeError("external or virtual storage is not accepted")
+    """Read one checked tensor; its checksum is computed on ``hasher`` meanwhile."""
     if record.kind == "str":
-        if dataset.dtype.kind != "O" or dataset.shape != () or spec.dtype != "str":
-            raise TypeError("not a string")
-        text = str(dataset.asstr()[()])
+        assert storage.dataset is not None
+        text = str(storage.dataset.asstr()[()])
         return text, hasher.submit(checksum, text)
-    stored = dataset.dtype.name if record.kind != "bits" else spec.dtype
-    if (
-        dataset.shape != spec.shape
-        or stored != spec.dtype
-        or (record.kind == "bits" and dataset.dtype.kind != "u")
-    ):
-        raise ValueError(
-            f"stored as {list(dataset.shape)} {dataset.dtype.name}, recorded as "
-            f"{list(spec.shape)} {spec.dtype}"
-        )
-    if dataset.dtype.kind not in "biufc" or dataset.dtype.fields is not None:
-        raise TypeError(f"dtype {dataset.dtype} is not numeric")
-    return _read_array(dataset, fd, hasher, destination)
+    return _read_array(storage, fd, hasher, destination)
 
 
 def _read_array(
-    dataset: h5py.Dataset, fd: int, hasher: ThreadPoolExecutor, destination: Any
+    storage: TensorStorage, fd: int, hasher: ThreadPoolExecutor, destination: Any
 ) -> tuple[np.ndarray[Any, Any], Future[str]]:
     """Read into ``destination`` when it fits, hashing each chunk as the next is read.
 
     A contiguous, native-order dataset is read straight from its file offset
     into the array, 16 MiB at a time; anything else goes through HDF5.
     """
-    dtype = np.dtype(dataset.dtype)
     fits = (
         isinstance(destination, np.ndarray)
-        and destination.shape == dataset.shape
-        and destination.dtype == dtype
+        and destination.shape == storage.shape
+        and destination.dtype == storage.dtype
         and destination.flags.c_contiguous
         and destination.flags.writeable
     )
-    target = destination if fits else np.empty(dataset.shape, dtype)
+    target = destination if fits else np.empty(storage.shape, storage.dtype)
     data = target.reshape(-1).view(np.uint8).data
     state = xxhash.xxh3_64()
-    offset = dataset.id.get_offset() if dataset.chunks is None and dtype.isnative else None
-    if data.nbytes and offset is not None:
+    if data.nbytes and storage.offset is not None:
         for start in range(0, data.nbytes, _READ_CHUNK):
             chunk = data[start : start + _READ_CHUNK]
-            _read_exactly(fd, chunk, offset + start)
+            _read_exactly(fd, chunk, storage.offset + start)
             hasher.submit(state.update, chunk)
-    elif data.nbytes:
-        dataset.read_direct(target)
+    elif data.nbytes and storage.dataset is not None:
+        storage.dataset.read_direct(target)
         hasher.submit(state.update, data)
     return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
 

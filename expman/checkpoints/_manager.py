@@ -36,7 +36,12 @@ from expman.checkpoints._architecture import (
     compare_architectures,
 )
 from expman.checkpoints._catalog import CheckpointDirectory, CheckpointInfo, checkpoint_filename
-from expman.checkpoints._context import leave_refusal, manager_defaults, remember_directory
+from expman.checkpoints._context import (
+    leave_refusal,
+    manager_defaults,
+    remember_directory,
+    report_checkpoint_errors,
+)
 from expman.checkpoints._durable import (
     commit_file,
     describe_os_error,
@@ -149,6 +154,7 @@ class CheckpointManager:
         with contextlib.suppress(OSError):  # a read-only directory can still be restored
             remove_stale_temporaries(self.directory)
         remember_directory(self.directory)
+        report_checkpoint_errors()
 
     @property
     def partial_by_default(self) -> bool:

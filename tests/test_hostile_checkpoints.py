@@ -1,0 +1,202 @@
+"""Damaged and hostile checkpoint files: the exact expman error, nothing read from outside.
+
+The corpus is tests/hostile_checkpoints.py. Each case damages step 3 of a
+directory that also holds valid steps 1 and 2, then checks what a user sees
+through every read path: ``read_metadata``, ``checkpoints()``, ``restore_latest``
+(or ``load``), and that steps 1 and 2 are byte for byte unchanged and readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expman import (
+    CheckpointIndexWarning,
+    CheckpointManager,
+    CheckpointReadError,
+    CheckpointSkippedWarning,
+    read_metadata,
+)
+from tests.hostile_checkpoints import CASES, SECRET, Case, state
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.name in ("ckpt-000001.h5", "ckpt-000002.h5")
+    }
+
+
+@pytest.fixture
+def three_steps(tmp_path: Path) -> Path:
+    directory = tmp_path / "model_dir"
+    with CheckpointManager(directory) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, state(step), force=True)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def never_hang() -> Iterator[None]:
+    """A reader that blocks (a FIFO) fails the test instead of hanging the suite."""
+
+    def timeout(signum: int, frame: object) -> None:
+        raise TimeoutError("a read path hung")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_file_gives_the_exact_error_and_nothing_else(
+    case: Case, three_steps: Path, tmp_path: Path
+) -> None:
+    path = three_steps / "ckpt-000003.h5"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    before = digests(three_steps)
+    case.damage(path, scratch)
+    expected = case.message(path)
+    assert "\n" not in expected
+    manager = CheckpointManager(three_steps)
+
+    if case.stage == "metadata":
+        with pytest.raises(case.error) as caught:
+            read_metadata(path)
+        assert type(caught.value) is case.error
+        assert str(caught.value) == expected
+        listed = {c.step: c for c in manager.checkpoints()}
+        assert [s for s, c in listed.items() if c.valid] == [1, 2]
+        assert listed[3].error == expected
+        with pytest.raises(case.error) as restored:
+            manager.restore_latest(state(0))
+    else:
+        meta = read_metadata(path)
+        assert SECRET not in repr(meta)
+        with pytest.raises(case.error) as restored:
+            if case.stage == "load":
+                manager.load(3)
+            else:
+                manager.restore_latest(state(0))
+    assert type(restored.value) is case.error
+    assert str(restored.value) == expected
+
+    assert SECRET not in expected
+    assert digests(three_steps) == before
+    target = state(0)
+    assert manager.restore(target, step=2) == 2
+    np.testing.assert_array_equal(target["dnn/logits/kernel"], state(2)["dnn/logits/kernel"])
+
+
+def make_fifo(path: Path, outside: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_directory(path: Path, outside: Path) -> None:
+    path.mkdir()
+
+
+def make_socket(path: Path, outside: Path) -> None:
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.close()
+
+
+def make_symlink_out(path: Path, outside: Path) -> None:
+    path.symlink_to(outside)
+
+
+def make_dangling_symlink(path: Path, outside: Path) -> None:
+    path.symlink_to(path.parent / "nowhere.h5")
+
+
+SKIPPED = [
+    (make_fifo, "it is not a regular file"),
+    (make_directory, "it is not a regular file"),
+    (make_socket, "it is not a regular file"),
+    (make_symlink_out, "it is a symlink that leaves the checkpoint directory"),
+    (make_dangling_symlink, "it is a dangling symlink"),
+]
+
+
+@pytest.mark.parametrize(("make", "reason"), SKIPPED, ids=[m.__name__ for m, _ in SKIPPED])
+def test_only_regular_files_of_the_directory_are_opened(
+    make: object, reason: str, three_steps: Path, tmp_path: Path
+) -> None:
+    path = three_steps / "ckpt-000003.h5"
+    outside = tmp_path / "elsewhere" / "ckpt-000003.h5"
+    shutil.move(path, outside.parent.mkdir() or outside)  # a valid checkpoint, outside
+    make(path, outside)  # type: ignore[operator]
+    warning = f"skipped {path}: {reason}; move it away"
+    with pytest.warns(CheckpointSkippedWarning) as caught:
+        # The index names ckpt-000003.h5, which a dangling symlink does not provide.
+        warnings.filterwarnings("ignore", category=CheckpointIndexWarning)
+        manager = CheckpointManager(three_steps)
+        assert [c.step for c in manager.checkpoints()] == [1, 2]
+        target = state(0)
+        assert manager.restore_latest(target) == 2
+        assert manager.save(4, state(4), force=True)
+    skipped = {str(w.message) for w in caught if w.category is CheckpointSkippedWarning}
+    assert skipped == {warning}
+    np.testing.assert_array_equal(target["dnn/logits/kernel"], state(2)["dnn/logits/kernel"])
+
+
+def test_read_metadata_of_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "ckpt-000001.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointReadError) as caught:
+        read_metadata(fifo)
+    assert str(caught.value) == f"cannot read checkpoint {fifo} (not a regular file): move it away"
+
+
+def test_a_symlink_inside_the_directory_is_followed(three_steps: Path) -> None:
+    path = three_steps / "ckpt-000003.h5"
+    path.rename(three_steps / "kept-aside.h5")
+    path.symlink_to("kept-aside.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert CheckpointManager(three_steps).restore_latest(state(0)) == 3
+
+
+def test_only_the_canonical_name_counts(three_steps: Path) -> None:
+    (three_steps / "ckpt-000003.h5").rename(three_steps / "ckpt-3.h5")
+    shutil.copy(three_steps / "ckpt-000002.h5", three_steps / "ckpt-0000002.h5")
+    manager = CheckpointManager(three_steps)
+    assert [c.step for c in manager.checkpoints()] == [1, 2]
+    with pytest.warns(CheckpointIndexWarning):  # the index names ckpt-000003.h5
+        assert manager.restore_latest(state(0)) == 2
+
+
+def test_a_deleted_directory_is_a_read_error(three_steps: Path) -> None:
+    manager = CheckpointManager(three_steps)
+    shutil.rmtree(three_steps)
+    expected = (
+        f"cannot read checkpoint directory {three_steps} (No such file or directory): "
+        "check that it exists and is readable"
+    )
+    for call in (manager.checkpoints, lambda: manager.restore_latest(state(0))):
+        with pytest.raises(CheckpointReadError) as caught:
+            call()
+        assert str(caught.value) == expected
+
+
+def test_a_file_removed_between_listing_and_reading_is_skipped(three_steps: Path) -> None:
+    manager = CheckpointManager(three_steps)
+    (three_steps / "ckpt-000003.h5").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointIndexWarning)
+        assert [c.step for c in manager.checkpoints()] == [1, 2]
