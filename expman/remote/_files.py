@@ -21,6 +21,7 @@ from expman._errors import RemoteIntegrityError
 from expman.checkpoints._catalog import INDEX_NAME
 from expman.experiments._records import RECORDS_DIR, record_directory
 from expman.experiments._workspace import Workspace
+from expman.remote._pushed import PushMemory
 from expman.remote._store import FileEntry
 
 __all__ = [
@@ -71,9 +72,13 @@ def latest_recorded(checkpoints: list[RecordedCheckpoint]) -> RecordedCheckpoint
 
 
 def local_files(
-    ws: Workspace, name: str, recorded: Mapping[str, FileEntry]
+    ws: Workspace, name: str, recorded: Mapping[str, FileEntry], memory: PushMemory | None = None
 ) -> dict[str, tuple[Path, FileEntry]]:
-    """The files to share, by manifest path: recorded checkpoints, logs, event files."""
+    """The files to share, by manifest path: recorded checkpoints, logs, event files.
+
+    A checkpoint's digest comes from its record; a log's is computed, or taken
+    from ``memory`` when its size and modification time are those it was hashed at.
+    """
     files: dict[str, tuple[Path, FileEntry]] = {}
     for prefix, directory in ((CHECKPOINTS, ws.checkpoint_dir(name)), (RUNS, ws.runs_dir(name))):
         for path in _regular_files(directory):
@@ -86,7 +91,13 @@ def local_files(
                     if entry is not None and path.stat().st_size == entry.size:
                         files[prefix + relative] = (path, entry)
                     continue  # a checkpoint no record names yet is not shared
-            files[prefix + relative] = (path, FileEntry(sha256_of(path), path.stat().st_size))
+            stat = path.stat()
+            digest = memory.digest(path, stat.st_size, stat.st_mtime_ns) if memory else None
+            if digest is None:
+                digest = sha256_of(path)
+                if memory:
+                    memory.remember_digest(path, stat.st_size, stat.st_mtime_ns, digest)
+            files[prefix + relative] = (path, FileEntry(digest, stat.st_size))
     return files
 
 
