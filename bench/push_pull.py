@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -111,6 +112,8 @@ def main() -> None:
     import s3fs
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -175,6 +178,8 @@ def main() -> None:
             shutil.rmtree(got)
             b = scratch / f"b{repeat}"
             git(scratch, "clone", "-q", str(bare), b.name)
+            expman(b, "remote", "remove", "origin")
+            expman(b, "remote", "add", "origin", f"s3://{prefix}/expman", "--option", option)
             sample("pull", expman, b, "pull", "--checkpoints", "all")
             shutil.rmtree(b)
             fs.rm(prefix, recursive=True)

@@ -805,3 +805,35 @@ def test_credentials_already_in_expman_toml_are_refused(tmp_path: Path) -> None:
             "configuration instead\n"
         ), command
     assert not (tmp_path / "store").exists()
+
+
+def test_pull_of_branches_only_does_not_contact_the_store(tmp_path: Path, aws_env: None) -> None:
+    closed = MotoServer()  # a free port that nothing listens on: every request is refused
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    ok(expman(machines.b, "remote", "remove", "origin"))
+    ok(
+        expman(
+            machines.b,
+            "remote",
+            "add",
+            "origin",
+            "s3://team/expman",
+            "--option",
+            f"endpoint_url={closed.endpoint}",
+        )
+    )
+
+    pulled = json.loads(
+        ok(expman(machines.b, "pull", "--checkpoints", "none", "--no-logs", "--json")).stdout
+    )
+    assert pulled["branches"] == {"base": "created"}
+    assert pulled["downloaded_files"] == 0
+    assert git(machines.b, "rev-parse", "exp/base") == git(machines.a, "rev-parse", "exp/base")
+    assert not (machines.b / ".expman" / "runs" / "base").exists()
+
+    with_logs = expman(machines.b, "pull", "--checkpoints", "none")
+    assert with_logs.returncode == 15
+    assert with_logs.stderr.startswith(
+        "expman: error: cannot read a manifest from s3://team/expman ("
+    )

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
     app.command(
         "pull",
         epilog="Examples:  expman pull  |  expman pull base --checkpoints all  |  "
-        "expman pull --checkpoints none",
+        "expman pull --checkpoints none --no-logs",
     )(pull)
 
 
@@ -257,6 +257,14 @@ def pull(
             help="Which checkpoints to download: latest (to resume), all, or none (on demand).",
         ),
     ] = "latest",
+    logs: Annotated[
+        bool,
+        typer.Option(
+            "--logs/--no-logs",
+            help="Download event files and run logs (--no-logs with --checkpoints none: "
+            "branches only, the store is not contacted).",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Pull experiments: branches from the git remote, logs and checkpoints from the store.
@@ -278,6 +286,7 @@ def pull(
         chosen,
         names or [],
         checkpoints=checkpoints,  # type: ignore[arg-type]
+        logs=logs,
         progress=TerminalProgress(),
     )
     if as_json:

@@ -21,13 +21,14 @@ from expman._errors import RemoteIntegrityError
 from expman.checkpoints._catalog import INDEX_NAME
 from expman.experiments._records import RECORDS_DIR, record_directory
 from expman.experiments._workspace import Workspace
+from expman.remote._manifest import FileEntry
 from expman.remote._pushed import PushMemory
-from expman.remote._store import FileEntry
 
 __all__ = [
     "RecordedCheckpoint",
     "local_files",
     "local_path",
+    "manifest_cache",
     "recorded_checkpoints",
     "sha256_of",
 ]
@@ -117,6 +118,11 @@ def local_path(ws: Workspace, name: str, manifest_path: str) -> Path:
         f"the manifest of {name} names {manifest_path!r}, neither checkpoints/ nor runs/: "
         "refusing it; push the experiment again from a trusted machine"
     )
+
+
+def manifest_cache(ws: Workspace) -> Path:
+    """Where manifests read from any store are kept (named by their digest, so shared)."""
+    return ws.state_dir / "remote" / "manifests"
 
 
 def sha256_of(path: Path) -> str:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from expman.experiments._workspace import Workspace
 from expman.remote._config import RemoteConfig
-from expman.remote._files import recorded_checkpoints
+from expman.remote._files import manifest_cache, recorded_checkpoints
 from expman.remote._git import GitRemote
+from expman.remote._manifest import Manifests
 from expman.remote._progress import Progress
-from expman.remote._store import Manifests, ObjectStore, StoredObject
+from expman.remote._store import ObjectStore, StoredObject
 
 __all__ = ["GcResult", "collect_garbage"]
 
@@ -50,7 +51,7 @@ def collect_garbage(
     prefix = ws.config.branch_prefix
     git_remote = GitRemote(ws.root, remote.git_remote)
     git_remote.fetch(prefix, progress)
-    store = ObjectStore(remote)
+    store = ObjectStore(remote, cache=manifest_cache(ws))
     stored = store.read_manifests(None)
     referenced = {digest for manifests in stored.values() for digest in manifests.digests()}
     for branches in (f"refs/heads/{prefix}", f"refs/remotes/{remote.git_remote}/{prefix}"):

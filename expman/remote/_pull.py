@@ -31,12 +31,14 @@ from expman.remote._files import (
     RecordedCheckpoint,
     latest_recorded,
     local_path,
+    manifest_cache,
     recorded_checkpoints,
     sha256_of,
 )
 from expman.remote._git import GitRemote
+from expman.remote._manifest import FileEntry, Manifests
 from expman.remote._progress import Progress
-from expman.remote._store import FileEntry, Manifests, ObjectStore
+from expman.remote._store import ObjectStore
 
 __all__ = ["CheckpointChoice", "PullResult", "fetch_checkpoints", "pull_experiments"]
 
@@ -61,9 +63,14 @@ def pull_experiments(
     names: Sequence[str],
     *,
     checkpoints: CheckpointChoice,
+    logs: bool = True,
     progress: Progress,
 ) -> PullResult:
-    """Fetch ``names`` (every experiment on the remote when empty) and their files."""
+    """Fetch ``names`` (every experiment on the remote when empty) and their files.
+
+    With ``checkpoints="none"`` and ``logs=False``, only the branches come:
+    the store is not contacted at all.
+    """
     git_remote = GitRemote(ws.root, remote.git_remote)
     prefix = ws.config.branch_prefix
     git_remote.fetch(prefix, progress)
@@ -79,12 +86,13 @@ def pull_experiments(
     branches = _update_branches(ws, git_remote, {name: available[name] for name in chosen})
     current = [name for name, update in branches.items() if update not in ("ahead", "diverged")]
     # this machine's own files are newer for the others: leave them
-    store = ObjectStore(remote) if current else None
-    stored = store.read_manifests(current) if store else {}
+    wanted_files = current if logs or checkpoints != "none" else []
+    store = ObjectStore(remote, cache=manifest_cache(ws)) if wanted_files else None
+    stored = store.read_manifests(wanted_files) if store else {}
     downloads: list[tuple[str, str, FileEntry, Path]] = []  # name, manifest path, entry, target
     wanted: dict[str, list[RecordedCheckpoint]] = {}
     problems: list[str] = []
-    for name in current:
+    for name in wanted_files:
         manifests = stored.get(name)
         if manifests is None:
             if recorded_checkpoints(ws, name, available[name]):
@@ -94,7 +102,7 @@ def pull_experiments(
             target = local_path(ws, name, path)
             if path.startswith(CHECKPOINTS) and target.name.startswith("ckpt-"):
                 continue  # checkpoints below, verified against the records
-            if not (target.is_file() and sha256_of(target) == entry.sha256):
+            if logs and not (target.is_file() and sha256_of(target) == entry.sha256):
                 downloads.append((name, path, entry, target))
         if checkpoints != "none":  # the records are read only when checkpoints are wanted
             recorded = recorded_checkpoints(ws, name, available[name])

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expman._errors import RemoteError
 from expman.experiments._workspace import Workspace
 from expman.remote._config import RemoteConfig
-from expman.remote._files import local_files, recorded_checkpoints
-from expman.remote._git import GitRemote
+from expman.remote._files import local_files, manifest_cache, recorded_checkpoints
+from expman.remote._manifest import FileEntry, Manifest
 from expman.remote._progress import Progress
 from expman.remote._pushed import PushMemory, fingerprint
-from expman.remote._store import FileEntry, Manifest, ObjectStore
+
+if TYPE_CHECKING:
+    from expman.remote._git import GitRemote
 
 __all__ = ["PushResult", "push_experiments"]
 
@@ -53,14 +57,20 @@ def push_experiments(
     chosen = list(names) or sorted(local_heads)
     tracking = f"refs/remotes/{remote.git_remote}/{prefix}"
     remote_heads = {i.ref.removeprefix(tracking): i.commit for i in ws.repo.refs(tracking)}
-    git_remote = GitRemote(ws.root, remote.git_remote)
+
+    @functools.cache
+    def git_remote() -> GitRemote:  # GitPython and fsspec are imported only when needed
+        from expman.remote._git import GitRemote
+
+        return GitRemote(ws.root, remote.git_remote)
+
     heads: dict[str, str] = {}
     pushed: list[str] = []
     behind: list[str] = []
     for name in chosen:
         head = local_heads.get(name) or ws.head_of(name)
         there = remote_heads.get(name)
-        if there is not None and head != there and git_remote.is_ancestor(head, there):
+        if there is not None and head != there and git_remote().is_ancestor(head, there):
             behind.append(name)  # the remote has more (as of the last pull): nothing to send
             continue
         heads[name] = head
@@ -77,7 +87,11 @@ def push_experiments(
     if not todo:
         memory.save()
         return PushResult(remote.name, remote.url, tuple(heads), 0, 0, 0, (), tuple(behind))
-    store = ObjectStore(remote)
+    from expman.remote._store import ObjectStore
+
+    if pushed:
+        git_remote()  # no such git remote: say so before uploading anything
+    store = ObjectStore(remote, cache=manifest_cache(ws))
     stored = store.read_manifests(todo)
     changed: list[str] = []
     uploads: dict[str, tuple[Path, FileEntry]] = {}
@@ -93,7 +107,7 @@ def push_experiments(
     missing = {entry.sha256 for entry in store.missing([e for _, e in uploads.values()])}
     to_send = [uploads[digest] for digest in sorted(missing)]
     store.upload(to_send, progress, f"uploading to {remote.name}")
-    refused_refs = set(git_remote.push([str(ws.ref(name)) for name in pushed], progress))
+    refused_refs = set(git_remote().push([str(ws.ref(name)) for name in pushed], progress))
     refused = [name for name in pushed if str(ws.ref(name)) in refused_refs]
     written = []
     now = datetime.now(UTC).isoformat(timespec="microseconds")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from expman.checkpoints._durable import write_text_atomically
-from expman.remote._store import FileEntry
+from expman.remote._manifest import FileEntry
 
 __all__ = ["PushMemory", "fingerprint"]
 

@@ -20,7 +20,7 @@ stopped. This is the only module that imports fsspec.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -34,85 +34,15 @@ from fsspec.callbacks import Callback
 
 from expman._errors import ExpmanError, RemoteError, RemoteIntegrityError
 from expman.remote._config import RemoteConfig
+from expman.remote._manifest import FileEntry, Manifest, Manifests
 from expman.remote._progress import Progress
 
-__all__ = ["MANIFEST_FORMAT", "FileEntry", "Manifest", "Manifests", "ObjectStore", "StoredObject"]
+__all__ = ["ObjectStore", "StoredObject"]
 
-MANIFEST_FORMAT = 2
 # Requests in flight at once for small objects (manifests, lookups), as s3fs batches them.
 _CONCURRENCY = 16
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What one push knew of an experiment's files: path -> digest and size, and its commit."""
-
-    experiment: str
-    commit: str
-    files: Mapping[str, FileEntry]
-    pushed: str = ""  # UTC time of the push, ISO 8601: the newest manifest's logs win
-
-    def to_json(self) -> bytes:
-        data = {
-            "format": MANIFEST_FORMAT,
-            "experiment": self.experiment,
-            "commit": self.commit,
-            "pushed": self.pushed,
-            "files": {
-                path: {"sha256": e.sha256, "size": e.size} for path, e in sorted(self.files.items())
-            },
-        }
-        return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, content: bytes, where: str) -> Manifest:
-        try:
-            data = json.loads(content)
-            if data["format"] != MANIFEST_FORMAT:
-                raise ValueError(f"format {data['format']!r}")
-            files = {
-                str(path): FileEntry(str(entry["sha256"]), int(entry["size"]))
-                for path, entry in data["files"].items()
-            }
-            return cls(str(data["experiment"]), str(data["commit"]), files, str(data["pushed"]))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise RemoteIntegrityError(
-                f"the manifest {where} is damaged ({error}): push the experiment again from "
-                "a machine that has its files"
-            ) from error
-
-
-@dataclass(frozen=True)
-class Manifests:
-    """Every manifest pushed for one experiment, read as one: the union of their files."""
-
-    experiment: str
-    manifests: tuple[Manifest, ...]
-    paths: tuple[str, ...]  # where each manifest lies on the store, in the same order
-
-    def files(self) -> dict[str, FileEntry]:
-        """Each path's entry; where manifests differ (a log that grew), the newest push's."""
-        newest = sorted(self.manifests, key=lambda m: m.pushed)
-        return {path: entry for manifest in newest for path, entry in manifest.files.items()}
-
-    def names(self, path: str, entry: FileEntry) -> bool:
-        """Whether any manifest names ``path`` with exactly this digest and size."""
-        return any(manifest.files.get(path) == entry for manifest in self.manifests)
-
-    def covers(self, files: Mapping[str, FileEntry]) -> bool:
-        """Whether every (path, entry) of ``files`` is already named by some manifest."""
-        return all(self.names(path, entry) for path, entry in files.items())
-
-    def digests(self) -> set[str]:
-        return {e.sha256 for manifest in self.manifests for e in manifest.files.values()}
 
 
 @dataclass(frozen=True)
@@ -127,8 +57,10 @@ class StoredObject:
 class ObjectStore:
     """One remote's store, opened through fsspec with the remote's options."""
 
-    def __init__(self, remote: RemoteConfig) -> None:
+    def __init__(self, remote: RemoteConfig, *, cache: Path | None = None) -> None:
+        """``cache``: a local directory of manifests already read (immutable, so never stale)."""
         self.url = remote.url
+        self.cache = cache
         with self._errors("open"):
             self.fs, root = fsspec.core.url_to_fs(remote.url, **dict(remote.options))
         self.root = root.rstrip("/")
@@ -148,17 +80,20 @@ class ObjectStore:
         """The manifests of ``experiments`` (all when None), read concurrently.
 
         One listing of ``manifests/`` for many experiments (one per experiment for
-        a few), then every manifest fetched at once. An experiment never pushed
-        is absent from the result.
+        a few), then every manifest not in the local cache fetched at once. An
+        experiment never pushed is absent from the result.
         """
         with self._errors("read a manifest from"):
             paths = self._manifest_paths(experiments)
-            contents = self._cat(paths)
+            cached = {path: self._cached(path) for path in paths}
+            contents = self._cat([path for path, content in cached.items() if content is None])
         found: dict[str, list[tuple[Manifest, str]]] = {}
         for path in paths:
-            content = contents[path]
+            content = cached[path] or contents[path]
             experiment, name = path[len(self.root) + len("/manifests/") :].rsplit("/", 1)
             where = f"{self.url}/manifests/{experiment}/{name}"
+            if cached[path] is None:
+                self._cache(name, content)
             if hashlib.sha256(content).hexdigest() + ".json" != name:
                 raise RemoteIntegrityError(
                     f"the manifest {where} is damaged (its bytes do not match its name): push "
@@ -170,6 +105,26 @@ class ObjectStore:
             name: Manifests(name, tuple(m for m, _ in items), tuple(p for _, p in items))
             for name, items in sorted(found.items())
         }
+
+    def _cached(self, path: str) -> bytes | None:
+        """A manifest's bytes from the local cache, if there and intact."""
+        if self.cache is None:
+            return None
+        name = path.rsplit("/", 1)[-1]
+        try:
+            content = (self.cache / name).read_bytes()
+        except OSError:
+            return None
+        return content if hashlib.sha256(content).hexdigest() + ".json" == name else None
+
+    def _cache(self, name: str, content: bytes) -> None:
+        """Keep a manifest read from the store (no fsync: a torn copy fails its digest)."""
+        if self.cache is None or hashlib.sha256(content).hexdigest() + ".json" != name:
+            return
+        self.cache.mkdir(parents=True, exist_ok=True)
+        temporary = self.cache / f".{name}.tmp-{os.getpid()}"
+        temporary.write_bytes(content)
+        os.replace(temporary, self.cache / name)
 
     def write_manifest(self, manifest: Manifest) -> str:
         """Add a manifest, named by its own digest (never replacing one); return that name."""
