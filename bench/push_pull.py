@@ -231,19 +231,14 @@ def main() -> None:
             digest = hashlib.sha256(content).hexdigest()
             manifests[f"{bucket}/many/manifests/{name}/{digest}.json"] = content
         fs.pipe(manifests)
-        git(scratch, "clone", "-q", str(many_bare), "c")
-        c = scratch / "c"
-        git(c, "config", "user.name", "Bench")
-        git(c, "config", "user.email", "bench@example.com")
-        expman(
-            c,
-            "remote",
-            "add",
-            "origin",
-            f"s3://{bucket}/many",
-            "--option",
-            f"endpoint_url={endpoint}",
-        )
+        clones = []
+        for clone in ("c", "c2"):
+            git(scratch, "clone", "-q", str(many_bare), clone)
+            c = scratch / clone
+            git(c, "config", "user.name", "Bench")
+            git(c, "config", "user.email", "bench@example.com")
+            expman(c, "remote", "add", "origin", f"s3://{bucket}/many", "--option", option)
+            clones.append(c)
         git(scratch, "clone", "-q", "--bare", str(many_bare), "d.git")
         fetch = timed(
             lambda: git(
@@ -255,8 +250,10 @@ def main() -> None:
             )
         )
         shutil.rmtree(scratch / "d.git")
+        c, c2 = clones
         pull_many = timed(lambda: expman(c, "pull", "--checkpoints", "none"))
         again_many = timed(lambda: expman(c, "pull", "--checkpoints", "none"))
+        branches_only = timed(lambda: expman(c2, "pull", "--checkpoints", "none", "--no-logs"))
         rows += [
             [f"git fetch of {args.experiments} exp/* branches", f"{fetch:.2f} s", "", ""],
             [
@@ -266,6 +263,12 @@ def main() -> None:
                 "",
             ],
             ["the same pull again, nothing new", f"{again_many:.2f} s", "", ""],
+            [
+                f"expman pull --checkpoints none --no-logs, {args.experiments} experiments",
+                f"{branches_only:.2f} s",
+                "",
+                "",
+            ],
         ]
     finally:
         server.stop()
