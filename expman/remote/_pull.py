@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,6 +44,7 @@ from expman.remote._store import ObjectStore
 __all__ = ["CheckpointChoice", "PullResult", "fetch_checkpoints", "pull_experiments"]
 
 CheckpointChoice = Literal["none", "latest", "all"]
+_VERIFIERS = 2  # checkpoints verified at once
 BranchUpdate = Literal["created", "fast-forward", "up to date", "ahead", "diverged"]
 
 
@@ -215,17 +217,32 @@ def fetch_checkpoints(
                 )
             directory.mkdir(parents=True, exist_ok=True)
             jobs[temporary_path(final)] = (name, checkpoint, final)
+
+    def verify(temporary: Path) -> None:
+        name, checkpoint, final = jobs[temporary]
+        where = f"{checkpoint.file} of {name}"
+        _check_digest(temporary, checkpoint.entry, where, store.url)
+        _validate(temporary, where)
+        _commit_no_replace(temporary, final)
+
+    objects = [(c.entry, temporary) for temporary, (_, c, _) in jobs.items()]
+    verifier = ThreadPoolExecutor(_VERIFIERS, "expman-verify")
     try:
-        objects = [(c.entry, temporary) for temporary, (_, c, _) in jobs.items()]
-        label = "downloading checkpoints"
-        with contextlib.closing(store.download(objects, progress, label)) as arrived:
-            for _, temporary in arrived:
-                name, checkpoint, final = jobs[temporary]
-                where = f"{checkpoint.file} of {name}"
-                _check_digest(temporary, checkpoint.entry, where, store.url)
-                _validate(temporary, where)
-                _commit_no_replace(temporary, final)
+        # each file is verified (on its own thread: hashing and reads release the GIL)
+        # as soon as it has arrived, while the others still download
+        with contextlib.closing(
+            store.download(objects, progress, "downloading checkpoints")
+        ) as got:
+            checks = []
+            for _, temporary in got:
+                checks.append(verifier.submit(verify, temporary))
+                for check in checks:
+                    if check.done():
+                        check.result()  # a failed check stops the downloads now
+        for check in checks:
+            check.result()
     finally:
+        verifier.shutdown(wait=True, cancel_futures=True)
         for temporary in jobs:
             temporary.unlink(missing_ok=True)
     present: dict[str, list[int]] = {}
