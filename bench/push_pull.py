@@ -1,11 +1,16 @@
 """expman push/pull against a local S3 API (moto's server), and s3fs's own put/get.
 
 Builds a repository with one experiment whose recorded checkpoints total
-``--megabytes``, then times on the same server, in the same run:
+``--megabytes``, then times on the same server, in the same run, alternating
+and repeated ``--repeats`` times (medians reported):
 
-- ``expman push`` against ``s3fs.put`` of the same files (another prefix);
-- ``expman pull --checkpoints all`` on a clone against ``s3fs.get`` of them;
-- a second ``expman push`` with nothing new;
+- ``expman push`` to a fresh prefix against ``s3fs.put`` of the same files,
+  both in this process (s3fs imported, client connected) and in a new
+  process (``python -c``: import, connect, put), as ``expman push`` is;
+- ``expman pull --checkpoints all`` on a fresh clone against ``s3fs.get``,
+  the same two ways; and the verification alone (digest, full read);
+- a second ``expman push`` with nothing new, and one that has to compare with
+  the store (its memory of the last push deleted);
 - ``expman pull --checkpoints none`` of ``--experiments`` branches (records
   built as bench/list_compare builds them, one manifest each) against ``git fetch``.
 """
@@ -13,7 +18,9 @@ Builds a repository with one experiment whose recorded checkpoints total
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -21,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from bench._timing import table, timed
+from bench._timing import median, table, timed
 from bench.list_compare import build
 
 EXPMAN = str(Path(sys.executable).parent / "expman")
@@ -53,6 +61,38 @@ def expman(cwd: Path, *args: str) -> None:
         raise SystemExit(f"expman {' '.join(args)} failed: {result.stderr}")
 
 
+S3FS = """\
+import json, sys, s3fs
+how, endpoint, sources, targets = sys.argv[1], sys.argv[2], *json.loads(sys.argv[3])
+fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+(fs.put if how == "put" else fs.get)(sources, targets)
+"""
+
+
+def s3fs_process(endpoint: str, how: str, sources: list[str], targets: list[str]) -> None:
+    """s3fs's own put/get in a new process: imports and connection included, as expman's."""
+    paths = json.dumps([sources, targets])
+    subprocess.run([sys.executable, "-c", S3FS, how, endpoint, paths], check=True)
+
+
+def verify(directory: Path, names: list[str]) -> None:
+    """What pull does to each downloaded checkpoint, alone: its sha256, then a full read."""
+    from expman.remote._files import sha256_of
+    from expman.remote._pull import _validate
+
+    for name in names:
+        sha256_of(directory / name)
+        _validate(directory / name, name)
+
+
+def rate(seconds: float, mib: float) -> list[str]:
+    return [f"{seconds:.2f} s", f"{mib / seconds:.0f} MiB/s"]
+
+
+def ratio(warm: float, cold: float, ours: float) -> str:
+    return f"{warm / ours:.2f}x ({cold / ours:.2f}x)"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -64,12 +104,15 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=1024)
     parser.add_argument("--checkpoints", type=int, default=8)
     parser.add_argument("--experiments", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
     import s3fs
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -96,15 +139,8 @@ def main() -> None:
         ).replace("keep_max = 5", f"keep_max = {args.checkpoints}\nsave_every_steps = 1")
         (a / "expman.toml").write_text(config)
         git(a, "remote", "add", "origin", str(bare))
-        expman(
-            a,
-            "remote",
-            "add",
-            "origin",
-            f"s3://{bucket}/expman",
-            "--option",
-            f"endpoint_url={endpoint}",
-        )
+        option = f"endpoint_url={endpoint}"
+        expman(a, "remote", "add", "origin", f"s3://{bucket}/expman", "--option", option)
         git(a, "add", "-A")
         git(a, "commit", "-q", "-m", "bench")
         git(a, "push", "-q", "origin", "main")
@@ -114,36 +150,62 @@ def main() -> None:
         total = sum(f.stat().st_size for f in files)
         mib = total / 2**20
 
-        put = timed(
-            lambda: fs.put([str(f) for f in files], [f"{bucket}/baseline/{f.name}" for f in files])
-        )
-        push = timed(lambda: expman(a, "push"))
-        again = timed(lambda: expman(a, "push"))
-        got = scratch / "got"
-        got.mkdir()
-        get = timed(
-            lambda: fs.get(
-                [f"{bucket}/baseline/{f.name}" for f in files], [str(got / f.name) for f in files]
-            )
-        )
-        git(scratch, "clone", "-q", str(bare), "b")
-        b = scratch / "b"
-        pull = timed(lambda: expman(b, "pull", "--checkpoints", "all"))
+        sources = [str(f) for f in files]
+        samples: dict[str, list[float]] = {}
+
+        def sample(what: str, work: Callable[..., object], *args: object) -> None:
+            samples.setdefault(what, []).append(timed(lambda: work(*args)))
+
+        for repeat in range(args.repeats):
+            prefix = f"{bucket}/r{repeat}"
+            targets = [f"{prefix}/baseline/{f.name}" for f in files]
+            sample("put", fs.put, sources, targets)
+            sample("put, own process", s3fs_process, endpoint, "put", sources, targets)
+            expman(a, "remote", "remove", "origin")
+            expman(a, "remote", "add", "origin", f"s3://{prefix}/expman", "--option", option)
+            sample("push", expman, a, "push")
+            sample("push, nothing new", expman, a, "push")
+            shutil.rmtree(a / ".expman" / "remote")
+            sample("push, nothing new, compared", expman, a, "push")
+            got = scratch / f"got{repeat}"
+            got.mkdir()
+            copies = [str(got / f.name) for f in files]
+            sample("get", fs.get, targets, copies)
+            shutil.rmtree(got)
+            got.mkdir()
+            sample("get, own process", s3fs_process, endpoint, "get", targets, copies)
+            sample("verify", verify, got, [f.name for f in files])
+            shutil.rmtree(got)
+            b = scratch / f"b{repeat}"
+            git(scratch, "clone", "-q", str(bare), b.name)
+            expman(b, "remote", "remove", "origin")
+            expman(b, "remote", "add", "origin", f"s3://{prefix}/expman", "--option", option)
+            sample("pull", expman, b, "pull", "--checkpoints", "all")
+            shutil.rmtree(b)
+            fs.rm(prefix, recursive=True)
+        m = {what: median(times) for what, times in samples.items()}
         rows += [
+            [f"s3fs put ({mib:.0f} MiB, {len(files)} files)", *rate(m["put"], mib)],
+            ["s3fs put, own process", *rate(m["put, own process"], mib)],
             [
-                f"s3fs put ({mib:.0f} MiB, {len(files)} files)",
-                f"{put:.2f} s",
-                f"{mib / put:.0f} MiB/s",
+                "expman push",
+                *rate(m["push"], mib),
+                ratio(m["put"], m["put, own process"], m["push"]),
+            ],
+            ["expman push, nothing new", f"{m['push, nothing new']:.2f} s", "", ""],
+            [
+                "expman push, nothing new, compared with the store",
+                f"{m['push, nothing new, compared']:.2f} s",
+                "",
                 "",
             ],
-            ["expman push", f"{push:.2f} s", f"{mib / push:.0f} MiB/s", f"{put / push:.2f}x"],
-            ["expman push, nothing new", f"{again:.2f} s", "", ""],
-            [f"s3fs get ({mib:.0f} MiB)", f"{get:.2f} s", f"{mib / get:.0f} MiB/s", ""],
+            [f"s3fs get ({mib:.0f} MiB)", *rate(m["get"], mib)],
+            ["s3fs get, own process", *rate(m["get, own process"], mib)],
+            ["verification alone (sha256 + full read)", *rate(m["verify"], mib)],
             [
                 "expman pull --checkpoints all",
-                f"{pull:.2f} s",
-                f"{mib / pull:.0f} MiB/s",
-                f"{get / pull:.2f}x",
+                *rate(m["pull"], mib),
+                ratio(m["get"], m["get, own process"], m["pull"]),
             ],
         ]
 
@@ -153,30 +215,30 @@ def main() -> None:
         git(scratch, "init", "-q", "--bare", "-b", "main", str(many_bare))
         git(many, "remote", "add", "origin", str(many_bare))
         git(many, "push", "-q", "origin", "refs/heads/*:refs/heads/*")
+        manifests = {}
         for e in range(args.experiments):
             name = f"exp{e:04d}"
             manifest = {
-                "format": 1,
+                "format": 2,
                 "experiment": name,
                 "commit": "",
+                "pushed": "2026-11-25T00:00:00+00:00",
                 "files": {
                     f"checkpoints/ckpt-{200 * r:06d}.h5": {"sha256": "0", "size": 1} for r in (1, 2)
                 },
             }
-            fs.pipe_file(f"{bucket}/many/manifests/{name}.json", json.dumps(manifest).encode())
-        git(scratch, "clone", "-q", str(many_bare), "c")
-        c = scratch / "c"
-        git(c, "config", "user.name", "Bench")
-        git(c, "config", "user.email", "bench@example.com")
-        expman(
-            c,
-            "remote",
-            "add",
-            "origin",
-            f"s3://{bucket}/many",
-            "--option",
-            f"endpoint_url={endpoint}",
-        )
+            content = json.dumps(manifest).encode()
+            digest = hashlib.sha256(content).hexdigest()
+            manifests[f"{bucket}/many/manifests/{name}/{digest}.json"] = content
+        fs.pipe(manifests)
+        clones = []
+        for clone in ("c", "c2"):
+            git(scratch, "clone", "-q", str(many_bare), clone)
+            c = scratch / clone
+            git(c, "config", "user.name", "Bench")
+            git(c, "config", "user.email", "bench@example.com")
+            expman(c, "remote", "add", "origin", f"s3://{bucket}/many", "--option", option)
+            clones.append(c)
         git(scratch, "clone", "-q", "--bare", str(many_bare), "d.git")
         fetch = timed(
             lambda: git(
@@ -188,7 +250,10 @@ def main() -> None:
             )
         )
         shutil.rmtree(scratch / "d.git")
+        c, c2 = clones
         pull_many = timed(lambda: expman(c, "pull", "--checkpoints", "none"))
+        again_many = timed(lambda: expman(c, "pull", "--checkpoints", "none"))
+        branches_only = timed(lambda: expman(c2, "pull", "--checkpoints", "none", "--no-logs"))
         rows += [
             [f"git fetch of {args.experiments} exp/* branches", f"{fetch:.2f} s", "", ""],
             [
@@ -197,10 +262,18 @@ def main() -> None:
                 "",
                 "",
             ],
+            ["the same pull again, nothing new", f"{again_many:.2f} s", "", ""],
+            [
+                f"expman pull --checkpoints none --no-logs, {args.experiments} experiments",
+                f"{branches_only:.2f} s",
+                "",
+                "",
+            ],
         ]
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+    print(f"medians of {args.repeats} alternating repeats; vs s3fs: in-process (own process)")
     print(table(["what", "time", "throughput", "vs s3fs"], rows))
 
 

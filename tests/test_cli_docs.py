@@ -62,7 +62,7 @@ def _pushed_then_manifest_deleted(repo: Path) -> None:
     git(repo, "remote", "add", "origin", str(bare))
     _store_without_git_remote(repo)
     assert run_expman(repo, "push").returncode == 0
-    (repo.parent / "store" / "manifests" / "base.json").unlink()
+    shutil.rmtree(repo.parent / "store" / "manifests" / "base")
 
 
 # What the example's words after the command ("HEAD detached", ...) ask for.

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,7 +88,12 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
 
 
-def s3_store(moto_server: MotoServer) -> Store:
+@dataclass(frozen=True)
+class _Endpoint:
+    endpoint: str
+
+
+def s3_store(moto_server: MotoServer | _Endpoint) -> Store:
     import s3fs
 
     bucket = f"team-{uuid.uuid4().hex[:12]}"
@@ -203,7 +211,9 @@ def test_the_store_holds_each_file_once_by_digest(tmp_path: Path) -> None:
     machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
     train_and_push(machines.a)
     store = tmp_path / "store"
-    manifest = json.loads((store / "manifests" / "base.json").read_text())
+    (path,) = (store / "manifests" / "base").iterdir()  # one push, one manifest
+    assert path.name == f"{sha256(path)}.json"  # named by its own digest
+    manifest = json.loads(path.read_text())
     files = manifest["files"]
     assert sorted(files) == [
         "checkpoints/ckpt-000001.h5",
@@ -283,7 +293,7 @@ def test_a_corrupted_object_is_caught_by_its_digest_and_never_used(machines: Mac
 def test_a_missing_manifest_means_no_files_are_trusted(machines: Machines) -> None:
     train_and_push(machines.a)
     fs, root = machines.store.fs()
-    fs.rm_file(f"{root}/manifests/base.json")
+    fs.rm(f"{root}/manifests/base", recursive=True)
 
     pulled = expman(machines.b, "pull")
     assert pulled.returncode == 14
@@ -362,7 +372,7 @@ def test_a_push_killed_midway_resumes_and_nothing_partial_is_ever_restored(
     _wait_for_objects(fs, root, 1, push)
     os.killpg(push.pid, signal.SIGKILL)
     push.wait()
-    assert not fs.exists(f"{root}/manifests/base.json")
+    assert fs.find(f"{root}/manifests") == []
     # what a killed push left is never used: the branch may be there, its files are not
     pulled = expman(machines.b, "pull")
     if git(machines.bare, "branch", "--list", "exp/base"):
@@ -382,38 +392,60 @@ def test_a_push_killed_midway_resumes_and_nothing_partial_is_ever_restored(
     assert sha256(big) == sha256(machines.a / ".expman" / "checkpoints" / "base" / big.name)
 
 
-def test_the_server_stopped_mid_push_is_one_line_and_the_next_push_resumes(
-    tmp_path: Path, aws_env: None, moto_server: MotoServer
-) -> None:
-    machines = make_machines(tmp_path, s3_store(moto_server))
-    _big_experiment(machines.a, megabytes=24, files=8)
-    fs, root = machines.store.fs()
-    push = subprocess.Popen(
-        [str(EXPMAN), "push"],
-        cwd=machines.a,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+def _moto_process(port: int) -> subprocess.Popen[bytes]:
+    """moto's server in a process of its own: killing it drops every connection at once."""
+    server = subprocess.Popen(
+        [str(Path(EXPMAN).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    _wait_for_objects(fs, root, 1, push)
-    moto_server.stop()
-    try:
-        _, stderr = push.communicate(timeout=120)
-    finally:
-        moto_server.start()
-    assert push.returncode == 15
-    assert len(stderr.splitlines()) == 1
-    assert stderr.startswith(f"expman: error: cannot upload to {machines.store.url} (")
-    assert stderr.endswith(
-        "check the URL, the endpoint and the network, then retry (a push "
-        "resumes where it stopped)\n"
-    )
-    assert git(machines.bare, "branch", "--list", "exp/base") == ""  # objects first
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        time.sleep(0.05)
+    server.kill()
+    pytest.fail("moto's server did not start")
 
-    again = json.loads(ok(expman(machines.a, "push", "--json")).stdout)
-    assert again["already_stored"] >= 1
-    ok(expman(machines.b, "pull"))
-    assert "ckpt-000200.h5" in checkpoint_files(machines.b, "base")
+
+def test_the_server_gone_mid_push_is_one_line_and_the_next_push_succeeds(
+    tmp_path: Path, aws_env: None
+) -> None:
+    port = MotoServer().port
+    server = _moto_process(port)
+    try:
+        machines = make_machines(tmp_path, s3_store(_Endpoint(f"http://127.0.0.1:{port}")))
+        _big_experiment(machines.a, megabytes=24, files=8)
+        fs, root = machines.store.fs()
+        push = subprocess.Popen(
+            [str(EXPMAN), "push"],
+            cwd=machines.a,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_objects(fs, root, 1, push)
+        server.kill()
+        server.wait()
+        _, stderr = push.communicate(timeout=120)
+        assert push.returncode == 15
+        assert len(stderr.splitlines()) == 1
+        assert stderr.startswith(f"expman: error: cannot upload to {machines.store.url} (")
+        assert stderr.endswith(
+            "check the URL, the endpoint and the network, then retry (a push "
+            "resumes where it stopped)\n"
+        )
+        assert git(machines.bare, "branch", "--list", "exp/base") == ""  # objects first
+
+        server = _moto_process(port)  # a new, empty server: the bucket again, nothing in it
+        fs.mkdir(machines.store.url.removeprefix("s3://").split("/")[0])
+        ok(expman(machines.a, "push"))
+        ok(expman(machines.b, "pull"))
+        assert "ckpt-000200.h5" in checkpoint_files(machines.b, "base")
+    finally:
+        server.kill()
+        server.wait()
 
 
 # -- errors and credentials ------------------------------------------------------------
@@ -507,4 +539,301 @@ def test_remote_add_list_remove(workspace: Path) -> None:
     assert none.stderr == (
         "expman: error: no remote in expman.toml: add one with expman remote add origin "
         "s3://bucket/path (or a directory)\n"
+    )
+
+
+# -- concurrent pushes -----------------------------------------------------------------
+
+
+def test_two_pushes_at_once_lose_no_manifest_entry(
+    tmp_path: Path, aws_env: None, moto_server: MotoServer
+) -> None:
+    machines = make_machines(tmp_path, s3_store(moto_server))
+    a, b = machines.a, machines.b
+    train_and_push(a)
+    ok(expman(b, "pull"))
+    # A adds big files (a slow upload); B, meanwhile, adds a small one and pushes it all
+    directory = a / ".expman" / "checkpoints" / "base"
+    for number in range(8):
+        (directory / f"events.out.tfevents.big{number}").write_bytes(os.urandom(32 * 2**20))
+    (b / ".expman" / "runs" / "base" / "001" / "review.txt").write_text("looks good\n")
+    fs, root = machines.store.fs()
+    before = len(fs.find(f"{root}/objects"))
+    push_a = subprocess.Popen(
+        [str(EXPMAN), "push"],
+        cwd=a,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for_objects(fs, root, before + 1, push_a)  # A has read the manifests, and uploads
+    assert push_a.poll() is None, "A's push ended already: the test could not overlap them"
+    os.killpg(push_a.pid, signal.SIGSTOP)  # A waits, mid-upload, while B pushes
+    try:
+        ok(expman(b, "push"))
+    finally:
+        os.killpg(push_a.pid, signal.SIGCONT)
+    _, stderr = push_a.communicate(timeout=120)
+    assert push_a.returncode == 0, stderr
+
+    ok(expman(a, "pull"))
+    assert (a / ".expman" / "runs" / "base" / "001" / "review.txt").read_text() == "looks good\n"
+    ok(expman(b, "pull"))
+    pulled = b / ".expman" / "checkpoints" / "base" / "events.out.tfevents.big7"
+    assert sha256(pulled) == sha256(directory / pulled.name)
+
+
+# -- garbage ---------------------------------------------------------------------------
+
+
+def objects_on(store: Path) -> set[str]:
+    return {p.name for p in (store / "objects").rglob("*") if p.is_file()}
+
+
+def test_gc_lists_by_default_and_deletes_only_what_nothing_references(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    a, store = machines.a, tmp_path / "store"
+    train_and_push(a)
+    (a / ".expman" / "runs" / "base" / "001" / "review.txt").write_text("looks good\n")
+    ok(expman(a, "push"))  # a second manifest, naming everything the first names
+    first, second = sorted(
+        (store / "manifests" / "base").iterdir(), key=lambda p: json.loads(p.read_text())["pushed"]
+    )
+    garbage = hashlib.sha256(b"left by a push that never finished").hexdigest()
+    (store / "objects" / "sha256" / garbage[:2]).mkdir(parents=True, exist_ok=True)
+    (store / "objects" / "sha256" / garbage[:2] / garbage).write_bytes(b"left by a push ...")
+    everything = objects_on(store)
+
+    young = ok(expman(a, "remote", "gc"))
+    assert young.stderr.splitlines()[-1] == (
+        "expman: 1 unreferenced object(s) younger than 24 h left alone"
+    )
+    listed = json.loads(ok(expman(a, "remote", "gc", "--min-age", "0", "--json")).stdout)
+    assert listed["deleted"] is False
+    assert listed["unreferenced_objects"] == [garbage]
+    assert listed["redundant_manifests"] == [f"base/{first.name}"]
+    assert objects_on(store) == everything and first.exists()  # a dry run deletes nothing
+
+    ok(expman(a, "remote", "gc", "--delete", "--min-age", "0"))
+    assert objects_on(store) == everything - {garbage}
+    assert not first.exists() and second.exists()
+    for entry in records(a, "base", 1):
+        assert entry["sha256"] in objects_on(store)
+    ok(expman(machines.b, "pull", "--checkpoints", "all"))
+    assert (machines.b / ".expman" / "runs" / "base" / "001" / "review.txt").is_file()
+
+
+def test_gc_keeps_what_a_branch_record_names_even_without_a_manifest(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    store = tmp_path / "store"
+    train_and_push(machines.a)
+    everything = objects_on(store)
+    shutil.rmtree(store / "manifests")  # as if the push had died before its manifest
+
+    gone = json.loads(
+        ok(expman(machines.b, "remote", "gc", "--delete", "--min-age", "0", "--json")).stdout
+    )
+    kept = objects_on(store)
+    recorded = {entry["sha256"] for entry in records(machines.a, "base", 1)}
+    assert recorded <= kept  # B never had the branch: gc fetched it and read its records
+    assert set(gone["unreferenced_objects"]) == everything - recorded  # the logs, unnamed now
+    assert kept == recorded
+
+
+# -- progress and summaries ------------------------------------------------------------
+
+
+def on_a_terminal(cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run expman with stderr on a pseudo-terminal; return its code, stdout and stderr."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(EXPMAN), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=terminal
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    stdout, _ = process.communicate()
+    return process.returncode, stdout.decode(), b"".join(chunks).decode()
+
+
+def test_transfers_draw_a_progress_bar_on_a_terminal_and_nothing_on_a_pipe(
+    tmp_path: Path, aws_env: None, moto_server: MotoServer
+) -> None:
+    machines = make_machines(tmp_path, s3_store(moto_server))
+    _big_experiment(machines.a, megabytes=8, files=2)
+    code, _, terminal = on_a_terminal(machines.a, "push")
+    assert code == 0
+    bar = re.compile(
+        r"uploading to origin \[[#-]{20}\] [\d.]+ MiB/[\d.]+ MiB [\d.]+ (B|KiB|MiB|GiB)/s ETA \d+s"
+    )
+    assert bar.search(terminal), terminal
+    assert re.search(r"uploading to origin \[#{20}\] ([\d.]+ MiB)/\1 ", terminal), terminal
+
+    code, _, terminal = on_a_terminal(machines.b, "pull", "--checkpoints", "all")
+    assert code == 0
+    assert re.search(
+        r"downloading checkpoints \[#{20}\] ([\d.]+ \w+)/\1 [\d.]+ \w+/s ETA \d+s", terminal
+    )
+
+    (machines.a / ".expman" / "runs" / "base" / "001" / "more.txt").write_text("x" * 100)
+    piped = ok(expman(machines.a, "push"))
+    assert "ETA" not in piped.stderr and "\r" not in piped.stderr
+    assert piped.stderr.splitlines() == [
+        "expman: pushed 1 experiment(s) to origin "
+        f"({machines.store.url}): 1 file(s) uploaded (100 B), 0 already there, 1 manifest(s) "
+        "written"
+    ]
+
+
+def test_push_and_pull_json_summaries(machines: Machines) -> None:
+    ok(expman(machines.a, "new", "base", "--set", "steps=200"))
+    ok(expman(machines.a, "run", "base"))
+    recorded = records(machines.a, "base", 1)
+    pushed = json.loads(ok(expman(machines.a, "push", "--json")).stdout)
+    assert pushed == {
+        "remote": "origin",
+        "url": machines.store.url,
+        "experiments": ["base"],
+        "uploaded_files": pushed["uploaded_files"],
+        "uploaded_bytes": pushed["uploaded_bytes"],
+        "already_stored": 0,
+        "manifests_written": ["base"],
+        "behind": [],
+    }
+    assert pushed["uploaded_files"] >= len(recorded) + 2  # checkpoints, events, output log
+    assert pushed["uploaded_bytes"] >= sum(entry["size"] for entry in recorded)
+    again = json.loads(ok(expman(machines.a, "push", "--json")).stdout)
+    assert (again["uploaded_files"], again["manifests_written"]) == (0, [])
+
+    pulled = json.loads(ok(expman(machines.b, "pull", "--json")).stdout)
+    latest = recorded[-1]
+    assert pulled["remote"] == "origin" and pulled["url"] == machines.store.url
+    assert pulled["branches"] == {"base": "created"}
+    assert pulled["checkpoints"] == {"base": [latest["step"]]}
+    assert pulled["problems"] == []
+    assert pulled["downloaded_files"] == pushed["uploaded_files"] - (len(recorded) - 1)
+    assert pulled["downloaded_bytes"] == pushed["uploaded_bytes"] - sum(
+        entry["size"] for entry in recorded[:-1]
+    )
+
+
+# -- what a stranger's manifest may name ----------------------------------------------
+
+
+def write_manifest(store: Path, name: str, files: dict[str, bytes]) -> None:
+    """A manifest as a push writes it, naming ``files`` (each stored as an object)."""
+    entries = {}
+    for path, content in files.items():
+        digest = hashlib.sha256(content).hexdigest()
+        (store / "objects" / "sha256" / digest[:2]).mkdir(parents=True, exist_ok=True)
+        (store / "objects" / "sha256" / digest[:2] / digest).write_bytes(content)
+        entries[path] = {"sha256": digest, "size": len(content)}
+    manifest = {"format": 2, "experiment": name, "commit": "", "pushed": "9", "files": entries}
+    content = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    directory = store / "manifests" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{hashlib.sha256(content).hexdigest()}.json").write_bytes(content)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "runs/../../../escaped.txt",
+        "checkpoints/../../runs/other/x",
+        "/etc/escaped.txt",
+        "runs//x",
+        "runs/.hidden",
+        "checkpoints/.git/config",
+        "runs/./x",
+        "escaped.txt",
+    ],
+)
+def test_a_manifest_naming_a_path_outside_the_experiment_is_refused(
+    tmp_path: Path, path: str
+) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    write_manifest(tmp_path / "store", "base", {path: b"not yours\n"})
+    before = {p for p in tmp_path.rglob("*")}
+
+    pulled = expman(machines.b, "pull", "--checkpoints", "none")
+    assert pulled.returncode == 14
+    assert pulled.stderr == (
+        f"expman: error: the manifest of base names a file {path!r} outside the experiment's "
+        "directories: refusing it; push the experiment again from a trusted machine\n"
+    )
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert not [p for p in created if p.is_file() and p.read_bytes() == b"not yours\n"]
+
+
+def test_a_manifest_naming_neither_checkpoints_nor_runs_is_refused(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    write_manifest(tmp_path / "store", "base", {"worktrees/base/x": b"not yours\n"})
+    pulled = expman(machines.b, "pull", "--checkpoints", "none")
+    assert pulled.returncode == 14
+    assert pulled.stderr == (
+        "expman: error: the manifest of base names 'worktrees/base/x', neither checkpoints/ nor "
+        "runs/: refusing it; push the experiment again from a trusted machine\n"
+    )
+    assert not (machines.b / ".expman" / "worktrees").exists()
+
+
+def test_credentials_already_in_expman_toml_are_refused(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    config = machines.a / "expman.toml"
+    config.write_text(
+        config.read_text() + '\n[remote.other]\nurl = "s3://b/x"\n'
+        'options = { endpoint_url = "http://x", aws_secret_access_key = "abc" }\n'
+    )
+    for command in (["push"], ["pull"], ["remote", "list"], ["remote", "gc"]):
+        refused = expman(machines.a, *command)
+        assert refused.returncode == 11, command
+        assert refused.stderr == (
+            f"expman: error: {config}: [remote.other] options: 'aws_secret_access_key' looks "
+            "like a credential, and expman never stores credentials: set them in the "
+            "environment (AWS_ACCESS_KEY_ID, ...) or in the storage library's own "
+            "configuration instead\n"
+        ), command
+    assert not (tmp_path / "store").exists()
+
+
+def test_pull_of_branches_only_does_not_contact_the_store(tmp_path: Path, aws_env: None) -> None:
+    closed = MotoServer()  # a free port that nothing listens on: every request is refused
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    ok(expman(machines.b, "remote", "remove", "origin"))
+    ok(
+        expman(
+            machines.b,
+            "remote",
+            "add",
+            "origin",
+            "s3://team/expman",
+            "--option",
+            f"endpoint_url={closed.endpoint}",
+        )
+    )
+
+    pulled = json.loads(
+        ok(expman(machines.b, "pull", "--checkpoints", "none", "--no-logs", "--json")).stdout
+    )
+    assert pulled["branches"] == {"base": "created"}
+    assert pulled["downloaded_files"] == 0
+    assert git(machines.b, "rev-parse", "exp/base") == git(machines.a, "rev-parse", "exp/base")
+    assert not (machines.b / ".expman" / "runs" / "base").exists()
+
+    with_logs = expman(machines.b, "pull", "--checkpoints", "none")
+    assert with_logs.returncode == 15
+    assert with_logs.stderr.startswith(
+        "expman: error: cannot read a manifest from s3://team/expman ("
     )

@@ -32,12 +32,15 @@ def register(app: typer.Typer) -> None:
     )(add)
     remote_app.command("list")(list_remotes)
     remote_app.command("remove")(remove)
+    remote_app.command(
+        "gc", epilog="Examples:  expman remote gc  |  expman remote gc --delete --min-age 0"
+    )(gc)
     app.add_typer(remote_app, name="remote")
     app.command("push", epilog="Examples:  expman push  |  expman push base wide --json")(push)
     app.command(
         "pull",
         epilog="Examples:  expman pull  |  expman pull base --checkpoints all  |  "
-        "expman pull --checkpoints none",
+        "expman pull --checkpoints none --no-logs",
     )(pull)
 
 
@@ -158,6 +161,57 @@ def remove(name: Annotated[str, typer.Argument(help="The remote to remove.")]) -
     note(f"removed remote {remote.name} ({remote.url}); nothing on it was deleted")
 
 
+def gc(
+    remote: Annotated[str | None, typer.Option("--remote", help=REMOTE_HELP)] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete what is found (default: only list it).")
+    ] = False,
+    min_age: Annotated[
+        float,
+        typer.Option(
+            "--min-age",
+            metavar="HOURS",
+            help="Leave objects younger than this (a push in progress uploads them first).",
+        ),
+    ] = 24.0,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Find objects on the store that nothing references; delete them with --delete.
+
+    An object is kept while any manifest or any run record on an experiment
+    branch (local or on the git remote, fetched first) names it. Manifests that
+    a newer one of the same experiment covers entirely are removed too.
+    """
+    from expman.remote._config import choose_remote
+    from expman.remote._gc import collect_garbage
+
+    if min_age < 0:
+        raise UsageError(f"--min-age {min_age}: give a number of hours, 0 or more")
+    workspace = Workspace.open()
+    chosen = choose_remote(workspace.root, remote)
+    result = collect_garbage(
+        workspace,
+        chosen,
+        delete=delete,
+        min_age_seconds=min_age * 3600,
+        progress=TerminalProgress(),
+    )
+    if as_json:
+        echo_json(asdict(result))
+        return
+    found = (
+        f"{len(result.unreferenced_objects)} unreferenced object(s) "
+        f"({_bytes(result.unreferenced_bytes)}) and {len(result.redundant_manifests)} redundant "
+        f"manifest(s) on {result.remote} ({result.url})"
+    )
+    if result.deleted:
+        note(f"deleted {found}; {result.referenced_objects} referenced object(s) kept")
+    else:
+        note(f"would delete {found}: run expman remote gc --delete to delete them")
+    if result.kept_recent:
+        note(f"{result.kept_recent} unreferenced object(s) younger than {min_age:g} h left alone")
+
+
 def push(
     names: Annotated[
         list[str] | None, typer.Argument(help="Experiments to push (default: all).")
@@ -203,6 +257,14 @@ def pull(
             help="Which checkpoints to download: latest (to resume), all, or none (on demand).",
         ),
     ] = "latest",
+    logs: Annotated[
+        bool,
+        typer.Option(
+            "--logs/--no-logs",
+            help="Download event files and run logs (--no-logs with --checkpoints none: "
+            "branches only, the store is not contacted).",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Pull experiments: branches from the git remote, logs and checkpoints from the store.
@@ -224,6 +286,7 @@ def pull(
         chosen,
         names or [],
         checkpoints=checkpoints,  # type: ignore[arg-type]
+        logs=logs,
         progress=TerminalProgress(),
     )
     if as_json:

@@ -21,12 +21,14 @@ from expman._errors import RemoteIntegrityError
 from expman.checkpoints._catalog import INDEX_NAME
 from expman.experiments._records import RECORDS_DIR, record_directory
 from expman.experiments._workspace import Workspace
-from expman.remote._store import FileEntry
+from expman.remote._manifest import FileEntry
+from expman.remote._pushed import PushMemory
 
 __all__ = [
     "RecordedCheckpoint",
     "local_files",
     "local_path",
+    "manifest_cache",
     "recorded_checkpoints",
     "sha256_of",
 ]
@@ -71,9 +73,13 @@ def latest_recorded(checkpoints: list[RecordedCheckpoint]) -> RecordedCheckpoint
 
 
 def local_files(
-    ws: Workspace, name: str, recorded: Mapping[str, FileEntry]
+    ws: Workspace, name: str, recorded: Mapping[str, FileEntry], memory: PushMemory | None = None
 ) -> dict[str, tuple[Path, FileEntry]]:
-    """The files to share, by manifest path: recorded checkpoints, logs, event files."""
+    """The files to share, by manifest path: recorded checkpoints, logs, event files.
+
+    A checkpoint's digest comes from its record; a log's is computed, or taken
+    from ``memory`` when its size and modification time are those it was hashed at.
+    """
     files: dict[str, tuple[Path, FileEntry]] = {}
     for prefix, directory in ((CHECKPOINTS, ws.checkpoint_dir(name)), (RUNS, ws.runs_dir(name))):
         for path in _regular_files(directory):
@@ -86,7 +92,13 @@ def local_files(
                     if entry is not None and path.stat().st_size == entry.size:
                         files[prefix + relative] = (path, entry)
                     continue  # a checkpoint no record names yet is not shared
-            files[prefix + relative] = (path, FileEntry(sha256_of(path), path.stat().st_size))
+            stat = path.stat()
+            digest = memory.digest(path, stat.st_size, stat.st_mtime_ns) if memory else None
+            if digest is None:
+                digest = sha256_of(path)
+                if memory:
+                    memory.remember_digest(path, stat.st_size, stat.st_mtime_ns, digest)
+            files[prefix + relative] = (path, FileEntry(digest, stat.st_size))
     return files
 
 
@@ -106,6 +118,11 @@ def local_path(ws: Workspace, name: str, manifest_path: str) -> Path:
         f"the manifest of {name} names {manifest_path!r}, neither checkpoints/ nor runs/: "
         "refusing it; push the experiment again from a trusted machine"
     )
+
+
+def manifest_cache(ws: Workspace) -> Path:
+    """Where manifests read from any store are kept (named by their digest, so shared)."""
+    return ws.state_dir / "remote" / "manifests"
 
 
 def sha256_of(path: Path) -> str:

@@ -13,7 +13,7 @@ from expman._errors import CheckpointNotFoundError
 from expman.checkpoints._catalog import CheckpointDirectory
 from expman.experiments._workspace import Workspace
 from expman.remote._config import read_remotes
-from expman.remote._files import latest_recorded, recorded_checkpoints
+from expman.remote._files import latest_recorded, manifest_cache, recorded_checkpoints
 from expman.remote._progress import Progress
 
 __all__ = ["fetch_latest_checkpoint_for_run"]
@@ -44,6 +44,6 @@ def fetch_latest_checkpoint_for_run(ws: Workspace, name: str, *, progress: Progr
     from expman.remote._pull import fetch_checkpoints
     from expman.remote._store import ObjectStore
 
-    store = ObjectStore(choose_remote(ws.root, None))
+    store = ObjectStore(choose_remote(ws.root, None), cache=manifest_cache(ws))
     fetch_checkpoints(ws, store, {name: [latest]}, progress)
     return latest.step

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,16 +32,19 @@ from expman.remote._files import (
     RecordedCheckpoint,
     latest_recorded,
     local_path,
+    manifest_cache,
     recorded_checkpoints,
     sha256_of,
 )
 from expman.remote._git import GitRemote
+from expman.remote._manifest import FileEntry, Manifests
 from expman.remote._progress import Progress
-from expman.remote._store import FileEntry, Manifest, ObjectStore
+from expman.remote._store import ObjectStore
 
 __all__ = ["CheckpointChoice", "PullResult", "fetch_checkpoints", "pull_experiments"]
 
 CheckpointChoice = Literal["none", "latest", "all"]
+_VERIFIERS = 2  # checkpoints verified at once
 BranchUpdate = Literal["created", "fast-forward", "up to date", "ahead", "diverged"]
 
 
@@ -61,11 +65,21 @@ def pull_experiments(
     names: Sequence[str],
     *,
     checkpoints: CheckpointChoice,
+    logs: bool = True,
     progress: Progress,
 ) -> PullResult:
-    """Fetch ``names`` (every experiment on the remote when empty) and their files."""
+    """Fetch ``names`` (every experiment on the remote when empty) and their files.
+
+    With ``checkpoints="none"`` and ``logs=False``, only the branches come:
+    the store is not contacted at all.
+    """
     git_remote = GitRemote(ws.root, remote.git_remote)
     prefix = ws.config.branch_prefix
+    needs_store = logs or checkpoints != "none"
+    opener = ThreadPoolExecutor(1, "expman-open-store")
+    # the storage library (s3fs: about 0.5 s of imports) loads while git fetches
+    opening = opener.submit(ObjectStore, remote, cache=manifest_cache(ws)) if needs_store else None
+    opener.shutdown(wait=False)
     git_remote.fetch(prefix, progress)
     tracking = f"refs/remotes/{remote.git_remote}/{prefix}"
     available = {info.ref[len(tracking) :]: info.commit for info in ws.repo.refs(tracking)}
@@ -76,35 +90,35 @@ def pull_experiments(
                 f"{len(available)}): check the name, or push it from the machine that has it"
             )
     chosen = list(names) or sorted(available)
-    branches = {name: _update_branch(ws, git_remote, name, available[name]) for name in chosen}
-    store: ObjectStore | None = None
+    branches = _update_branches(ws, git_remote, {name: available[name] for name in chosen})
+    current = [name for name, update in branches.items() if update not in ("ahead", "diverged")]
+    # this machine's own files are newer for the others: leave them
+    wanted_files = current if needs_store else []
+    store = opening.result() if opening and wanted_files else None
+    stored = store.read_manifests(wanted_files) if store else {}
     downloads: list[tuple[str, str, FileEntry, Path]] = []  # name, manifest path, entry, target
     wanted: dict[str, list[RecordedCheckpoint]] = {}
     problems: list[str] = []
-    for name, update in branches.items():
-        if update in ("ahead", "diverged"):
-            continue  # this machine's own files are newer: leave them
-        store = store or ObjectStore(remote)
-        head = available[name]
-        manifest = store.read_manifest(name)
-        if manifest is None:
-            if recorded_checkpoints(ws, name, head):
+    for name in wanted_files:
+        manifests = stored.get(name)
+        if manifests is None:
+            if recorded_checkpoints(ws, name, available[name]):
                 problems.append(_no_manifest(name, remote.url))
             continue
-        for path, entry in manifest.files.items():
+        for path, entry in manifests.files().items():
             target = local_path(ws, name, path)
             if path.startswith(CHECKPOINTS) and target.name.startswith("ckpt-"):
                 continue  # checkpoints below, verified against the records
-            if not (target.is_file() and sha256_of(target) == entry.sha256):
+            if logs and not (target.is_file() and sha256_of(target) == entry.sha256):
                 downloads.append((name, path, entry, target))
         if checkpoints != "none":  # the records are read only when checkpoints are wanted
-            recorded = recorded_checkpoints(ws, name, head)
+            recorded = recorded_checkpoints(ws, name, available[name])
             latest = latest_recorded(recorded)
             wanted[name] = recorded if checkpoints == "all" else [latest] if latest else []
     downloaded = _download_files(store, downloads, progress) if store else (0, 0)
     fetched: dict[str, list[int]] = {}
     if store is not None and any(wanted.values()):
-        fetched, files, size = fetch_checkpoints(ws, store, wanted, progress)
+        fetched, files, size = fetch_checkpoints(ws, store, wanted, progress, stored)
         downloaded = (downloaded[0] + files, downloaded[1] + size)
     diverged = [name for name, update in branches.items() if update == "diverged"]
     if diverged:
@@ -118,20 +132,29 @@ def pull_experiments(
     )
 
 
-def _update_branch(ws: Workspace, git_remote: GitRemote, name: str, theirs: str) -> BranchUpdate:
-    ref = str(ws.ref(name))
-    ours = ws.repo.resolve(ref)
-    if ours is None:
-        ws.repo.create_ref(ref, theirs, what=f"experiment {name}")
-        return "created"
-    if ours == theirs:
-        return "up to date"
-    if git_remote.is_ancestor(ours, theirs):
-        ws.repo.move_ref(ref, theirs, ours)
-        return "fast-forward"
-    if git_remote.is_ancestor(theirs, ours):
-        return "ahead"
-    return "diverged"
+def _update_branches(
+    ws: Workspace, git_remote: GitRemote, theirs: dict[str, str]
+) -> dict[str, BranchUpdate]:
+    """Move each branch forward only: new ones created together, in one git process."""
+    prefix = f"refs/heads/{ws.config.branch_prefix}"
+    ours = {info.ref.removeprefix(prefix): info.commit for info in ws.repo.refs(prefix)}
+    updates: dict[str, BranchUpdate] = {}
+    created: dict[str, str] = {}
+    for name, commit in theirs.items():
+        mine = ours.get(name)
+        if mine is None:
+            created[str(ws.ref(name))] = commit
+            updates[name] = "created"
+        elif mine == commit:
+            updates[name] = "up to date"
+        elif git_remote.is_ancestor(mine, commit):
+            ws.repo.move_ref(str(ws.ref(name)), commit, mine)
+            updates[name] = "fast-forward"
+        else:
+            updates[name] = "ahead" if git_remote.is_ancestor(commit, mine) else "diverged"
+    if created:
+        ws.repo.create_refs(created, what="a pulled experiment")
+    return updates
 
 
 def _no_manifest(name: str, url: str) -> str:
@@ -150,15 +173,14 @@ def _download_files(
     for _, _, _, target in downloads:
         target.parent.mkdir(parents=True, exist_ok=True)
         temporaries.append(temporary_path(target))
+    jobs = dict(zip(temporaries, downloads, strict=True))
+    objects = [(entry, temporary) for temporary, (_, _, entry, _) in jobs.items()]
     try:
-        store.download(
-            [(entry, tmp) for (_, _, entry, _), tmp in zip(downloads, temporaries, strict=True)],
-            progress,
-            "downloading logs",
-        )
-        for (name, path, entry, target), temporary in zip(downloads, temporaries, strict=True):
-            _check_digest(temporary, entry, f"{path} of {name}", store.url)
-            os.replace(temporary, target)
+        with contextlib.closing(store.download(objects, progress, "downloading logs")) as arrived:
+            for _, temporary in arrived:
+                name, path, entry, target = jobs[temporary]
+                _check_digest(temporary, entry, f"{path} of {name}", store.url)
+                os.replace(temporary, target)
     finally:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
@@ -170,26 +192,28 @@ def fetch_checkpoints(
     store: ObjectStore,
     wanted: dict[str, list[RecordedCheckpoint]],
     progress: Progress,
+    stored: dict[str, Manifests] | None = None,
 ) -> tuple[dict[str, list[int]], int, int]:
     """Download the checkpoints not here yet; each verified before it is committed.
 
+    Each file is checked (digest, then a full read as a restore reads it) as
+    soon as it has arrived, while the others are still downloading.
     Returns the steps now present per experiment, and the files and bytes downloaded.
     """
-    jobs: list[tuple[str, RecordedCheckpoint, Path, Path]] = []
-    manifests: dict[str, Manifest] = {}
-    for name, recorded in wanted.items():
+    jobs: dict[Path, tuple[str, RecordedCheckpoint, Path]] = {}  # temporary -> its checkpoint
+    missing = [n for n, r in wanted.items() if any(not _final(ws, n, c).exists() for c in r)]
+    if stored is None:
+        stored = store.read_manifests(missing)
+    for name in missing:
+        manifests = stored.get(name)
+        if manifests is None:
+            raise RemoteIntegrityError(_no_manifest(name, store.url))
         directory = ws.checkpoint_dir(name)
-        for checkpoint in recorded:
-            final = directory / checkpoint.file
+        for checkpoint in wanted[name]:
+            final = _final(ws, name, checkpoint)
             if final.exists():
                 continue
-            if name not in manifests:
-                manifest = store.read_manifest(name)
-                if manifest is None:
-                    raise RemoteIntegrityError(_no_manifest(name, store.url))
-                manifests[name] = manifest
-            named = manifests[name].files.get(CHECKPOINTS + checkpoint.file)
-            if named is None or named != checkpoint.entry:
+            if not manifests.names(CHECKPOINTS + checkpoint.file, checkpoint.entry):
                 raise RemoteIntegrityError(
                     f"{checkpoint.file} of {name} (step {checkpoint.step}) is not in the store's "
                     "manifest as its record names it (its push did not finish, or another "
@@ -197,18 +221,34 @@ def fetch_checkpoints(
                     "that ran it"
                 )
             directory.mkdir(parents=True, exist_ok=True)
-            jobs.append((name, checkpoint, final, temporary_path(final)))
+            jobs[temporary_path(final)] = (name, checkpoint, final)
+
+    def verify(temporary: Path) -> None:
+        name, checkpoint, final = jobs[temporary]
+        where = f"{checkpoint.file} of {name}"
+        _check_digest(temporary, checkpoint.entry, where, store.url)
+        _validate(temporary, where)
+        _commit_no_replace(temporary, final)
+
+    objects = [(c.entry, temporary) for temporary, (_, c, _) in jobs.items()]
+    verifier = ThreadPoolExecutor(_VERIFIERS, "expman-verify")
     try:
-        store.download(
-            [(c.entry, tmp) for _, c, _, tmp in jobs], progress, "downloading checkpoints"
-        )
-        for name, checkpoint, final, temporary in jobs:
-            where = f"{checkpoint.file} of {name}"
-            _check_digest(temporary, checkpoint.entry, where, store.url)
-            _validate(temporary, where)
-            _commit_no_replace(temporary, final)
+        # each file is verified (on its own thread: hashing and reads release the GIL)
+        # as soon as it has arrived, while the others still download
+        with contextlib.closing(
+            store.download(objects, progress, "downloading checkpoints")
+        ) as got:
+            checks = []
+            for _, temporary in got:
+                checks.append(verifier.submit(verify, temporary))
+                for check in checks:
+                    if check.done():
+                        check.result()  # a failed check stops the downloads now
+        for check in checks:
+            check.result()
     finally:
-        for _, _, _, temporary in jobs:
+        verifier.shutdown(wait=True, cancel_futures=True)
+        for temporary in jobs:
             temporary.unlink(missing_ok=True)
     present: dict[str, list[int]] = {}
     for name in wanted:
@@ -217,7 +257,11 @@ def fetch_checkpoints(
         if steps:
             CheckpointDirectory(directory).write_index(max(steps), steps)
         present[name] = sorted(steps)
-    return present, len(jobs), sum(c.entry.size for _, c, _, _ in jobs)
+    return present, len(jobs), sum(c.entry.size for _, c, _ in jobs.values())
+
+
+def _final(ws: Workspace, name: str, checkpoint: RecordedCheckpoint) -> Path:
+    return ws.checkpoint_dir(name) / checkpoint.file
 
 
 def _check_digest(path: Path, entry: FileEntry, what: str, url: str) -> None:

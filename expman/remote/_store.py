@@ -1,87 +1,66 @@
-"""The object store: content-addressed files and one manifest per experiment, through fsspec.
+"""The object store: content-addressed files and immutable manifests, through fsspec.
 
 Layout under the store's URL::
 
-    objects/sha256/ab/abcdef...     a file, named by the sha256 of its bytes
-    manifests/NAME.json             what a pushed experiment's files are: path -> digest, size
+    objects/sha256/ab/abcdef...          a file, named by the sha256 of its bytes
+    manifests/NAME/<sha256>.json         what a push knew of an experiment's files,
+                                         named by the sha256 of its own bytes
 
 Objects go up first and a manifest last, since object stores have no atomic
 rename: a reader trusts only what a manifest names, so a push interrupted at
-any point leaves nothing that a pull would use half-written. An object that is
-already there (same name, same size) is never sent again, so a second push
-resumes where the first stopped. This is the only module that imports fsspec.
+any point leaves nothing that a pull would use half-written. A manifest is
+never rewritten: each push that has something new writes one more, and a
+reader takes the union of an experiment's manifests. Two pushes at the same
+time each add their own manifest, so neither loses the other's entries (there
+is no read-then-write to race). An object that is already there (same name,
+same size) is never sent again, so a second push resumes where the first
+stopped. This is the only module that imports fsspec.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.callbacks import Callback
 
 from expman._errors import ExpmanError, RemoteError, RemoteIntegrityError
 from expman.remote._config import RemoteConfig
+from expman.remote._manifest import FileEntry, Manifest, Manifests
 from expman.remote._progress import Progress
 
-__all__ = ["MANIFEST_FORMAT", "FileEntry", "Manifest", "ObjectStore"]
+__all__ = ["ObjectStore", "StoredObject"]
 
-MANIFEST_FORMAT = 1
+# Requests in flight at once for small objects (manifests, lookups), as s3fs batches them.
+_CONCURRENCY = 16
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
-class FileEntry:
-    sha256: str
+class StoredObject:
+    """An object or manifest on the store, as a listing shows it."""
+
+    path: str
     size: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What the store holds for one experiment: its files by path, and the commit pushed."""
-
-    experiment: str
-    commit: str
-    files: Mapping[str, FileEntry]
-
-    def to_json(self) -> bytes:
-        data = {
-            "format": MANIFEST_FORMAT,
-            "experiment": self.experiment,
-            "commit": self.commit,
-            "files": {
-                path: {"sha256": e.sha256, "size": e.size} for path, e in sorted(self.files.items())
-            },
-        }
-        return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, content: bytes, where: str) -> Manifest:
-        try:
-            data = json.loads(content)
-            if data["format"] != MANIFEST_FORMAT:
-                raise ValueError(f"format {data['format']!r}")
-            files = {
-                str(path): FileEntry(str(entry["sha256"]), int(entry["size"]))
-                for path, entry in data["files"].items()
-            }
-            return cls(str(data["experiment"]), str(data["commit"]), files)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise RemoteIntegrityError(
-                f"the manifest {where} is damaged ({error}): push the experiment again from "
-                "a machine that has its files"
-            ) from error
+    modified: float | None  # seconds since the epoch; None where the store does not say
 
 
 class ObjectStore:
     """One remote's store, opened through fsspec with the remote's options."""
 
-    def __init__(self, remote: RemoteConfig) -> None:
+    def __init__(self, remote: RemoteConfig, *, cache: Path | None = None) -> None:
+        """``cache``: a local directory of manifests already read (immutable, so never stale)."""
         self.url = remote.url
+        self.cache = cache
         with self._errors("open"):
             self.fs, root = fsspec.core.url_to_fs(remote.url, **dict(remote.options))
         self.root = root.rstrip("/")
@@ -92,46 +71,123 @@ class ObjectStore:
     def object_path(self, digest: str) -> str:
         return f"{self.root}/objects/sha256/{digest[:2]}/{digest}"
 
-    def manifest_path(self, experiment: str) -> str:
-        return f"{self.root}/manifests/{experiment}.json"
+    def manifest_directory(self, experiment: str) -> str:
+        return f"{self.root}/manifests/{experiment}"
 
     # -- manifests --------------------------------------------------------------------
 
-    def read_manifest(self, experiment: str) -> Manifest | None:
-        """The experiment's manifest, or None if it was never pushed."""
-        path = self.manifest_path(experiment)
-        with self._errors("read a manifest from"):
-            try:
-                content = self.fs.cat_file(path)
-            except FileNotFoundError:
-                return None
-        return Manifest.from_json(content, f"{self.url}/manifests/{experiment}.json")
+    def read_manifests(self, experiments: Sequence[str] | None) -> dict[str, Manifests]:
+        """The manifests of ``experiments`` (all when None), read concurrently.
 
-    def write_manifest(self, manifest: Manifest) -> None:
-        path = self.manifest_path(manifest.experiment)
+        One listing of ``manifests/`` for many experiments (one per experiment for
+        a few), then every manifest not in the local cache fetched at once. An
+        experiment never pushed is absent from the result.
+        """
+        with self._errors("read a manifest from"):
+            paths = self._manifest_paths(experiments)
+            cached = {path: self._cached(path) for path in paths}
+            contents = self._cat([path for path, content in cached.items() if content is None])
+        found: dict[str, list[tuple[Manifest, str]]] = {}
+        for path in paths:
+            content = cached[path] or contents[path]
+            experiment, name = path[len(self.root) + len("/manifests/") :].rsplit("/", 1)
+            where = f"{self.url}/manifests/{experiment}/{name}"
+            if cached[path] is None:
+                self._cache(name, content)
+            if hashlib.sha256(content).hexdigest() + ".json" != name:
+                raise RemoteIntegrityError(
+                    f"the manifest {where} is damaged (its bytes do not match its name): push "
+                    "the experiment again from a machine that has its files"
+                )
+            manifest = Manifest.from_json(content, where)
+            found.setdefault(experiment, []).append((manifest, path))
+        return {
+            name: Manifests(name, tuple(m for m, _ in items), tuple(p for _, p in items))
+            for name, items in sorted(found.items())
+        }
+
+    def _cached(self, path: str) -> bytes | None:
+        """A manifest's bytes from the local cache, if there and intact."""
+        if self.cache is None:
+            return None
+        name = path.rsplit("/", 1)[-1]
+        try:
+            content = (self.cache / name).read_bytes()
+        except OSError:
+            return None
+        return content if hashlib.sha256(content).hexdigest() + ".json" == name else None
+
+    def _cache(self, name: str, content: bytes) -> None:
+        """Keep a manifest read from the store (no fsync: a torn copy fails its digest)."""
+        if self.cache is None or hashlib.sha256(content).hexdigest() + ".json" != name:
+            return
+        self.cache.mkdir(parents=True, exist_ok=True)
+        temporary = self.cache / f".{name}.tmp-{os.getpid()}"
+        temporary.write_bytes(content)
+        os.replace(temporary, self.cache / name)
+
+    def write_manifest(self, manifest: Manifest) -> str:
+        """Add a manifest, named by its own digest (never replacing one); return that name."""
+        content = manifest.to_json()
+        name = hashlib.sha256(content).hexdigest() + ".json"
+        path = f"{self.manifest_directory(manifest.experiment)}/{name}"
         with self._errors("write a manifest to"):
             if self.local:  # a directory: write beside, then rename (atomic)
                 self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 temporary = f"{path}.tmp"
-                self.fs.pipe_file(temporary, manifest.to_json())
+                self.fs.pipe_file(temporary, content)
                 self.fs.mv(temporary, path)
             else:  # an object store: a PUT is all or nothing
-                self.fs.pipe_file(path, manifest.to_json())
+                self.fs.pipe_file(path, content)
+        return name
+
+    def _manifest_paths(self, experiments: Sequence[str] | None) -> list[str]:
+        if experiments is None or len(experiments) > _CONCURRENCY:
+            wanted = None if experiments is None else set(experiments)
+            paths = self._find(f"{self.root}/manifests")
+            return [p for p in paths if wanted is None or p.rsplit("/", 2)[-2] in wanted]
+        listings = _parallel(lambda e: self._find(self.manifest_directory(e)), experiments)
+        return [path for listing in listings for path in listing]
+
+    def _find(self, directory: str) -> list[str]:
+        try:
+            paths: list[str] = self.fs.find(directory)
+        except FileNotFoundError:
+            return []
+        return sorted(p for p in paths if p.endswith(".json"))
+
+    def _cat(self, paths: list[str]) -> dict[str, bytes]:
+        """Many small files at once (a list makes fsspec answer with a dict, concurrently)."""
+        contents: dict[str, bytes] = self.fs.cat(paths, on_error="raise") if paths else {}
+        return {path: contents[self.fs._strip_protocol(path)] for path in paths}
 
     # -- objects ----------------------------------------------------------------------
 
     def missing(self, entries: Sequence[FileEntry]) -> list[FileEntry]:
         """The entries whose object is not on the store complete (absent or another size)."""
-        absent = []
+
+        def size(entry: FileEntry) -> int | None:
+            try:
+                return int(self.fs.size(self.object_path(entry.sha256)))
+            except FileNotFoundError:
+                return None
+
         with self._errors("look up objects on"):
-            for entry in entries:
-                try:
-                    size = self.fs.size(self.object_path(entry.sha256))
-                except FileNotFoundError:
-                    size = None
-                if size != entry.size:
-                    absent.append(entry)
-        return absent
+            sizes = _parallel(size, entries)
+        return [entry for entry, found in zip(entries, sizes, strict=True) if found != entry.size]
+
+    def list_manifests(self) -> list[StoredObject]:
+        with self._errors("list the manifests of"):
+            return self._listing(f"{self.root}/manifests")
+
+    def list_objects(self) -> list[StoredObject]:
+        with self._errors("list the objects of"):
+            return self._listing(f"{self.root}/objects/sha256")
+
+    def delete(self, paths: Sequence[str]) -> None:
+        if paths:
+            with self._errors("delete from"):
+                self.fs.rm(list(paths))
 
     def upload(
         self, files: Sequence[tuple[Path, FileEntry]], progress: Progress, label: str
@@ -153,18 +209,49 @@ class ObjectStore:
 
     def download(
         self, objects: Sequence[tuple[FileEntry, Path]], progress: Progress, label: str
-    ) -> None:
-        """Fetch objects into local files (temporary names the caller verifies and commits)."""
+    ) -> Generator[tuple[FileEntry, Path]]:
+        """Fetch objects into local files, yielding each as soon as it is complete.
+
+        Several files download at once while the caller checks the ones already
+        here, so verifying overlaps the transfer. Local paths are temporary
+        names the caller verifies and commits.
+        """
         if not objects:
             return
-        sources = [self.object_path(entry.sha256) for entry, _ in objects]
-        targets = [str(path) for _, path in objects]
+        callback = _BytesCallback(progress)
+
+        def fetch(item: tuple[FileEntry, Path]) -> tuple[FileEntry, Path]:
+            entry, target = item
+            source = self.object_path(entry.sha256)
+            self.fs.get_file(source, str(target), callback=callback.branched(source, target))
+            return item
+
         progress.start(label, sum(entry.size for entry, _ in objects))
         try:
-            with self._errors("download from"):
-                self.fs.get(sources, targets, callback=_BytesCallback(progress))
+            with (
+                self._errors("download from"),
+                ThreadPoolExecutor(min(len(objects), 8), "expman-download") as pool,
+            ):
+                futures = [pool.submit(fetch, item) for item in objects]
+                try:
+                    for future in as_completed(futures):
+                        yield future.result()
+                finally:
+                    for future in futures:
+                        future.cancel()
         finally:
             progress.finish()
+
+    def _listing(self, directory: str) -> list[StoredObject]:
+        try:
+            infos: dict[str, dict[str, Any]] = self.fs.find(directory, detail=True)
+        except FileNotFoundError:
+            return []
+        return [
+            StoredObject(path, int(info.get("size") or 0), _modified(info))
+            for path, info in sorted(infos.items())
+            if info.get("type", "file") == "file"
+        ]
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -229,6 +316,27 @@ class _FileCallback(Callback):  # type: ignore[misc]
             self.reported = self.value
             with self.parent.lock:
                 self.parent.progress.advance(step)
+
+
+def _parallel(work: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """``work`` on each item, a few at a time (blocking fsspec calls from threads overlap)."""
+    items = list(items)
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(len(items), _CONCURRENCY), "expman-store") as pool:
+        return list(pool.map(work, items))
+
+
+def _modified(info: Mapping[str, Any]) -> float | None:
+    """When a listed file was last written, from whichever field the store reports."""
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        timestamp = getattr(value, "timestamp", None)
+        if callable(timestamp):
+            return float(timestamp())
+    return None
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
