@@ -232,10 +232,29 @@ def test_checkpoints_are_never_overwritten(ckpt_dir: Path) -> None:
             again.save(step, {"w": np.ones(2)}, force=True)
         assert str(caught.value) == (
             f"cannot save step {step}: {ckpt_dir} already has a checkpoint at step 5, and "
-            "checkpoints are never overwritten; restore it first (restore_latest) or use "
-            "another directory"
+            "checkpoints are never overwritten; restore it first (restore_latest, or "
+            "expman.torch.restore) to continue from it, or use another directory"
         )
     assert (ckpt_dir / "ckpt-000005.h5").read_bytes() == original
+
+
+def test_saving_the_step_just_restored_writes_nothing(ckpt_dir: Path) -> None:
+    # nanoGPT evaluates and saves again at the step it resumed from: that was an error.
+    first = CheckpointManager(ckpt_dir)
+    first.save(5, {"w": np.zeros(2)}, force=True)
+    first.close()
+    original = (ckpt_dir / "ckpt-000005.h5").read_bytes()
+    resumed = CheckpointManager(ckpt_dir)
+    state = {"w": np.ones(2)}
+    assert resumed.restore_latest(into=state) == 5
+    assert resumed.save(5, state, force=True) is False
+    assert resumed.save(6, state, force=True) is True
+    resumed.close()
+    assert (ckpt_dir / "ckpt-000005.h5").read_bytes() == original
+    assert sorted(p.name for p in ckpt_dir.glob("ckpt-*.h5")) == [
+        "ckpt-000005.h5",
+        "ckpt-000006.h5",
+    ]
 
 
 def test_a_fresh_run_in_a_used_directory_is_stopped_at_its_first_save(ckpt_dir: Path) -> None:
