@@ -438,9 +438,9 @@ def test_async_save_does_not_wait_for_the_write_in_flight_unless_it_writes(
     release = threading.Event()
     real_write = expman.checkpoints._manager.write_checkpoint
 
-    def slow_write(*args: Any, **kwargs: Any) -> None:
+    def slow_write(*args: Any, **kwargs: Any) -> Any:
         release.wait(timeout=10)
-        real_write(*args, **kwargs)
+        return real_write(*args, **kwargs)
 
     monkeypatch.setattr(expman.checkpoints._manager, "write_checkpoint", slow_write)
     manager = CheckpointManager(ckpt_dir, async_save=True)
@@ -463,3 +463,12 @@ def test_a_temporary_directory_that_stayed_empty_is_removed_at_close() -> None:
     used.close()
     assert sorted(p.name for p in used.directory.iterdir()) == ["checkpoint", "ckpt-000001.h5"]
     shutil.rmtree(used.directory)
+
+
+def test_the_metadata_a_save_remembers_is_what_the_file_holds(ckpt_dir: Path) -> None:
+    # Retention needs every checkpoint's metadata; the writer's own is not read back.
+    writer = CheckpointManager(ckpt_dir, experiment="base", params={"lr": 0.1, "n": [1, 2]})
+    writer.save(3, {"w": np.ones((2, 3), np.float32), "s": "text", "n": 7}, metrics={"loss": 1.5})
+    remembered = writer.metadata()
+    assert remembered == CheckpointManager(ckpt_dir).metadata()
+    assert remembered.path == ckpt_dir / "ckpt-000003.h5"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -257,7 +258,7 @@ class CheckpointManager:
         final = self.directory / checkpoint_filename(step)
         temporary = temporary_path(final)
         try:
-            write_checkpoint(
+            written = write_checkpoint(
                 temporary,
                 leaves,
                 step=step,
@@ -285,6 +286,7 @@ class CheckpointManager:
         except BaseException:
             _remove_quietly(temporary)
             raise
+        self._catalog.remember(dataclasses.replace(written, path=final))
         self._apply_retention()
 
     def _apply_retention(self) -> None:
