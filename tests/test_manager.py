@@ -232,10 +232,29 @@ def test_checkpoints_are_never_overwritten(ckpt_dir: Path) -> None:
             again.save(step, {"w": np.ones(2)}, force=True)
         assert str(caught.value) == (
             f"cannot save step {step}: {ckpt_dir} already has a checkpoint at step 5, and "
-            "checkpoints are never overwritten; restore it first (restore_latest) or use "
-            "another directory"
+            "checkpoints are never overwritten; restore it first (restore_latest, or "
+            "expman.torch.restore) to continue from it, or use another directory"
         )
     assert (ckpt_dir / "ckpt-000005.h5").read_bytes() == original
+
+
+def test_saving_the_step_just_restored_writes_nothing(ckpt_dir: Path) -> None:
+    # nanoGPT evaluates and saves again at the step it resumed from: that was an error.
+    first = CheckpointManager(ckpt_dir)
+    first.save(5, {"w": np.zeros(2)}, force=True)
+    first.close()
+    original = (ckpt_dir / "ckpt-000005.h5").read_bytes()
+    resumed = CheckpointManager(ckpt_dir)
+    state = {"w": np.ones(2)}
+    assert resumed.restore_latest(into=state) == 5
+    assert resumed.save(5, state, force=True) is False
+    assert resumed.save(6, state, force=True) is True
+    resumed.close()
+    assert (ckpt_dir / "ckpt-000005.h5").read_bytes() == original
+    assert sorted(p.name for p in ckpt_dir.glob("ckpt-*.h5")) == [
+        "ckpt-000005.h5",
+        "ckpt-000006.h5",
+    ]
 
 
 def test_a_fresh_run_in_a_used_directory_is_stopped_at_its_first_save(ckpt_dir: Path) -> None:
@@ -419,9 +438,9 @@ def test_async_save_does_not_wait_for_the_write_in_flight_unless_it_writes(
     release = threading.Event()
     real_write = expman.checkpoints._manager.write_checkpoint
 
-    def slow_write(*args: Any, **kwargs: Any) -> None:
+    def slow_write(*args: Any, **kwargs: Any) -> Any:
         release.wait(timeout=10)
-        real_write(*args, **kwargs)
+        return real_write(*args, **kwargs)
 
     monkeypatch.setattr(expman.checkpoints._manager, "write_checkpoint", slow_write)
     manager = CheckpointManager(ckpt_dir, async_save=True)
@@ -444,3 +463,12 @@ def test_a_temporary_directory_that_stayed_empty_is_removed_at_close() -> None:
     used.close()
     assert sorted(p.name for p in used.directory.iterdir()) == ["checkpoint", "ckpt-000001.h5"]
     shutil.rmtree(used.directory)
+
+
+def test_the_metadata_a_save_remembers_is_what_the_file_holds(ckpt_dir: Path) -> None:
+    # Retention needs every checkpoint's metadata; the writer's own is not read back.
+    writer = CheckpointManager(ckpt_dir, experiment="base", params={"lr": 0.1, "n": [1, 2]})
+    writer.save(3, {"w": np.ones((2, 3), np.float32), "s": "text", "n": 7}, metrics={"loss": 1.5})
+    remembered = writer.metadata()
+    assert remembered == CheckpointManager(ckpt_dir).metadata()
+    assert remembered.path == ckpt_dir / "ckpt-000003.h5"

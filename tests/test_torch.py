@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 from pathlib import Path
@@ -82,8 +83,13 @@ def test_the_file_holds_tensors_and_json_never_pickles(tmp_path: Path) -> None:
     train(model, optimizer, scheduler, steps=1)
     et.save(CheckpointManager(tmp_path), 1, model, optimizer, scheduler, force=True)
     with h5py.File(tmp_path / "ckpt-000001.h5") as f:
-        names = {f[p].attrs["name"] for p in _datasets(f["tensors"])}
-        kinds = {f[p].attrs["name"]: f[p].attrs["kind"] for p in _datasets(f["tensors"])}
+        manifest = json.loads(f["meta/tensors"].asstr()[()])
+        stored = {f"/{t['path']}" for t in manifest}
+        assert stored == set(_datasets(f["tensors"]))  # the manifest names every dataset
+        # numbers and strings only: no object, opaque or compound data to unpickle
+        assert all(f[p].dtype.kind in "biufcO" for p in stored)
+    names = {t["name"] for t in manifest}
+    kinds = {t["name"]: t["kind"] for t in manifest}
     assert {"fc1.weight", "norm.running_mean", "norm.num_batches_tracked"} <= names
     assert {"optimizer/state/fc1.weight/exp_avg", "optimizer/state/fc1.weight/step"} <= names
     assert kinds["optimizer/param_groups"] == "str"
@@ -142,8 +148,8 @@ def test_bfloat16_is_recorded_as_bfloat16_and_readable_as_uint16(tmp_path: Path)
     with h5py.File(tmp_path / "ckpt-000001.h5") as f:
         dataset = f["tensors/weight:0"]
         assert dataset.dtype == np.uint16
-        assert dataset.attrs["kind"] == "bits"
-        assert dataset.attrs["dtype"] == "bfloat16"
+        assert dict(dataset.attrs) == {"dtype": "bfloat16"}
+    assert {t.name: t.kind for t in meta.tensors}["weight"] == "bits"
     float16 = torch.nn.Linear(2, 2).to(torch.float16)
     with pytest.raises(ArchitectureMismatchError) as caught:
         et.restore(CheckpointManager(tmp_path), float16, rng=False)

@@ -696,3 +696,34 @@ print("loaded", len(loaded))
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"loaded {len(model.state_dict())}"
+
+
+# -- found trying nanoGPT's train.py ----------------------------------------------------------
+
+
+def test_a_counter_saved_as_a_tensor_and_restored_as_a_float_is_named_as_such(
+    tmp_path: Path,
+) -> None:
+    model = torch.nn.Linear(3, 2)
+    manager = CheckpointManager(tmp_path)
+    et.save(manager, 1, model, extra={"counters": {"best": torch.tensor(1.5)}}, last=True)
+    manager.close()
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        et.restore(CheckpointManager(tmp_path), model, extra={"counters": {"best": 1e9}})
+    assert str(caught.value).splitlines()[1] == (
+        "  extra counters: best: a tensor [] float32 in the checkpoint, a float here: give it "
+        "the type it was saved with"
+    )
+
+
+def test_saving_again_at_the_step_just_restored_writes_nothing(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    manager = CheckpointManager(tmp_path)
+    et.save(manager, 20, model, force=True)
+    manager.close()
+    written = (tmp_path / "ckpt-000020.h5").read_bytes()
+    resumed = CheckpointManager(tmp_path)
+    step = et.restore(resumed, model)
+    assert (step, et.save(resumed, step, model, force=True)) == (20, False)
+    resumed.close()
+    assert (tmp_path / "ckpt-000020.h5").read_bytes() == written

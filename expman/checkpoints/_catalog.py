@@ -152,6 +152,15 @@ class CheckpointDirectory:
             raise cached
         return cached
 
+    def remember(self, metadata: CheckpointMetadata) -> None:
+        """Cache the metadata of a checkpoint this process just wrote (no need to read it)."""
+        try:
+            info = metadata.path.stat()
+        except OSError:  # read it later, if it is still there
+            return
+        key = (str(metadata.path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        self._metadata[key] = metadata
+
     def infos(self) -> list[CheckpointInfo]:
         pinned = self.pinned_steps()
         infos = []

@@ -131,8 +131,11 @@ def write_checkpoint(
     experiment: str | None,
     code_commit: str | None,
     compression: str | None = None,
-) -> None:
-    """Write a complete checkpoint file at ``path`` (a temporary name; not fsynced)."""
+) -> CheckpointMetadata:
+    """Write a complete checkpoint file at ``path`` (a temporary name; not fsynced).
+
+    Returns its metadata, as :func:`read_metadata` would read it back.
+    """
     if compression is not None and compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS} or None")
     wall_time = time.time()
@@ -169,10 +172,11 @@ def write_checkpoint(
             root["code_commit"] = code_commit
         for library, version in _library_versions().items():
             root[f"{library}_version"] = version
-        datasets = [_write_leaf(f, leaf, compression) for leaf in leaves]
+        for leaf in leaves:
+            _write_leaf(f, leaf, compression)
         records = [
-            _record(dataset, leaf, digest.result())
-            for dataset, leaf, digest in zip(datasets, leaves, checksums, strict=True)
+            TensorRecord(leaf.name, tensor_path(leaf.name), leaf.kind, digest.result())
+            for leaf, digest in zip(leaves, checksums, strict=True)
         ]
         meta = f.create_group("meta")
         for name, text in texts.items():
@@ -183,7 +187,22 @@ def write_checkpoint(
                 for r in records
             ]
         )
-    os.truncate(path, _end_of_file(path))
+    size = _end_of_file(path)
+    os.truncate(path, size)
+    return CheckpointMetadata(
+        path=path,
+        format_version=FORMAT_VERSION,
+        step=int(step),
+        wall_time=wall_time,
+        metrics=json.loads(texts["metrics"]),
+        params=json.loads(texts["params"]),
+        architecture=Architecture.from_json(json.loads(texts["architecture"])),
+        experiment=experiment or None,
+        code_commit=code_commit or None,
+        versions=_library_versions(),
+        tensors=tuple(records),
+        size=size,
+    )
 
 
 def _size_bound(leaves: Sequence[Leaf], texts: Mapping[str, str]) -> int:
@@ -219,31 +238,45 @@ def _checksums(hasher: ThreadPoolExecutor, leaves: Sequence[Leaf]) -> list[Futur
     return [futures[leaf.name] for leaf in leaves]
 
 
-def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> h5py.Dataset:
+def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> None:
     phase("write")
     path = tensor_path(leaf.name)
     if leaf.same_as is not None:
         # A tied tensor: a second hard link to the dataset already written, so
-        # it is stored once; its attributes are the first name's.
+        # it is stored once.
         f[path] = f[tensor_path(leaf.same_as)]
-        dataset: h5py.Dataset = f[path]
-        return dataset
+        return
     value = leaf.value
     if isinstance(value, str):
-        return f.create_dataset(path, data=value, dtype=h5py.string_dtype("utf-8"))
-    if compression and value.ndim and value.size:
-        return f.create_dataset(path, data=value, compression=compression, chunks=True)
-    return f.create_dataset(path, data=value)
+        f.create_dataset(path, data=value, dtype=h5py.string_dtype("utf-8"))
+    elif compression and value.ndim and value.size:
+        f.create_dataset(path, data=value, compression=compression, chunks=True)
+    else:
+        dataset = _create_array(f, path, value)
+        if leaf.kind == "bits":
+            dataset.attrs["dtype"] = leaf.dtype
 
 
-def _record(dataset: h5py.Dataset, leaf: Leaf, digest: str) -> TensorRecord:
-    if leaf.same_as is not None:
-        return TensorRecord(leaf.name, tensor_path(leaf.name).lstrip("/"), leaf.kind, digest)
-    dataset.attrs["name"] = leaf.name
-    dataset.attrs["kind"] = leaf.kind
-    if leaf.kind == "bits":
-        dataset.attrs["dtype"] = leaf.dtype
-    return TensorRecord(leaf.name, dataset.name.lstrip("/"), leaf.kind, digest)
+def _create_array(f: h5py.File, path: str, value: np.ndarray[Any, Any]) -> h5py.Dataset:
+    """A contiguous dataset holding ``value``, through h5py's low-level API.
+
+    h5py's ``create_dataset`` costs ~400 us a tensor in Python (it checks and
+    converts every argument); this is the same HDF5 call, ~40 us, which is
+    what keeps a 10,000-tensor checkpoint fast (docs/benchmarks.md).
+    """
+    array = np.asarray(value)  # not ascontiguousarray: it makes a 0-d array 1-d
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    space = h5py.h5s.create_simple(array.shape) if array.ndim else h5py.h5s.create(h5py.h5s.SCALAR)
+    dtype = h5py.h5t.py_create(array.dtype, logical=True)
+    dsid = h5py.h5d.create(f.id, path.encode(), dtype, space, lcpl=_INTERMEDIATE_GROUPS)
+    if array.size:
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    return h5py.Dataset(dsid)
+
+
+_INTERMEDIATE_GROUPS = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+_INTERMEDIATE_GROUPS.set_create_intermediate_group(True)
 
 
 def _json(value: Any) -> str:

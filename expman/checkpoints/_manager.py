@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -179,7 +180,9 @@ class CheckpointManager:
         says not to save. ``state`` may be a function returning the state; it
         is called only when a checkpoint is written (so a framework adapter
         copies tensors off the device only then). Returns whether a checkpoint
-        was written (scheduled, with ``async_save``).
+        was written (scheduled, with ``async_save``). Saving the step this
+        manager just restored writes nothing and returns False: that checkpoint
+        holds it already.
 
         A checkpoint labelled step N holds the state as of step N. Pass
         ``last=True`` at the last step: it is written then, as the policy's
@@ -203,6 +206,11 @@ class CheckpointManager:
         self._check_open()
         numbers = metric_values(metrics or {})
         refuse_control_characters(numbers, "metric")
+        if step == self._restored_step == self._latest_step:
+            # The checkpoint this manager just restored holds this step already (a loop
+            # that evaluates and saves again at the step it resumed from).
+            self._pending = None
+            return False
         decide = force or last or self.due(step)
         self._pending = None if last else (step, state, numbers, current)
         if decide:
@@ -231,7 +239,8 @@ class CheckpointManager:
             raise CheckpointExistsError(
                 f"cannot save step {step}: {self.directory} already has a checkpoint at step "
                 f"{self._latest_step}, and checkpoints are never overwritten; restore it "
-                "first (restore_latest) or use another directory"
+                "first (restore_latest, or expman.torch.restore) to continue from it, or use "
+                "another directory"
             )
         leaves = state_leaves(state() if callable(state) else state)
         if self._writer is None:
@@ -249,7 +258,7 @@ class CheckpointManager:
         final = self.directory / checkpoint_filename(step)
         temporary = temporary_path(final)
         try:
-            write_checkpoint(
+            written = write_checkpoint(
                 temporary,
                 leaves,
                 step=step,
@@ -277,6 +286,7 @@ class CheckpointManager:
         except BaseException:
             _remove_quietly(temporary)
             raise
+        self._catalog.remember(dataclasses.replace(written, path=final))
         self._apply_retention()
 
     def _apply_retention(self) -> None:

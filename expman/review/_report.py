@@ -11,6 +11,7 @@ import errno
 import html
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -47,51 +48,84 @@ def metric_series(checkpoint_dirs: Mapping[str, Path]) -> dict[str, Series]:
     return curves
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """A chart's scales and axes: data coordinates to SVG coordinates."""
+
+    width: int
+    height: int
+    bottom: int
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    left: int = 56
+    right: int = 12
+    top: int = 10
+
+    def x(self, value: float) -> float:
+        return self.left + (value - self.x0) / (self.x1 - self.x0) * (
+            self.width - self.left - self.right
+        )
+
+    def y(self, value: float) -> float:
+        return self.top + (1 - (value - self.y0) / (self.y1 - self.y0)) * (
+            self.height - self.top - self.bottom
+        )
+
+    def opening(self, x_first: str, x_last: str) -> list[str]:
+        """The ``<svg>`` tag, the plot's box, and the labels of both axes' ends."""
+        width, height, left, right, top = self.width, self.height, self.left, self.right, self.top
+        baseline = height - self.bottom + 20
+        return [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img">',
+            f'<rect x="{left}" y="{top}" width="{width - left - right}" '
+            f'height="{height - top - self.bottom}" fill="none" stroke="#ccc"/>',
+            f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" font-size="11">'
+            f"{self.y1:.4g}</text>",
+            f'<text x="{left - 4}" y="{height - self.bottom}" text-anchor="end" '
+            f'font-size="11">{self.y0:.4g}</text>',
+            f'<text x="{left}" y="{baseline}" font-size="11">{x_first}</text>',
+            f'<text x="{width - right}" y="{baseline}" text-anchor="end" font-size="11">'
+            f"{x_last}</text>",
+        ]
+
+
+def _frame(
+    xs: Sequence[float], ys: Sequence[float], *, width: int, height: int, bottom: int
+) -> _Frame:
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:  # a constant value: centre it
+        pad = abs(y0) * 0.1 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+    return _Frame(width, height, bottom, x0, x1, y0, y1)
+
+
 def svg_chart(series: Series, labels: Sequence[str], *, width: int = 520, height: int = 260) -> str:
     """A line chart of each variant's values over steps, as inline SVG."""
     points = [p for values in series.values() for p in values if p[1] == p[1]]  # drop NaN
     if not points:
         return ""
-    left, right, top, bottom = 56, 12, 10, 28
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:  # a constant metric: centre it
-        pad = abs(y0) * 0.1 or 1.0
-        y0, y1 = y0 - pad, y1 + pad
-
-    def x(step: float) -> float:
-        return left + (step - x0) / (x1 - x0) * (width - left - right)
-
-    def y(value: float) -> float:
-        return top + (1 - (value - y0) / (y1 - y0)) * (height - top - bottom)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img">',
-        f'<rect x="{left}" y="{top}" width="{width - left - right}" '
-        f'height="{height - top - bottom}" fill="none" stroke="#ccc"/>',
-        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" font-size="11">{y1:.4g}</text>',
-        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end" '
-        f'font-size="11">{y0:.4g}</text>',
-        f'<text x="{left}" y="{height - 8}" font-size="11">{x0}</text>',
-        f'<text x="{width - right}" y="{height - 8}" text-anchor="end" font-size="11">'
-        f"step {x1}</text>",
-    ]
+    frame = _frame(
+        [p[0] for p in points], [p[1] for p in points], width=width, height=height, bottom=28
+    )
+    parts = frame.opening(f"{frame.x0}", f"step {frame.x1}")
     for index, label in enumerate(labels):
         values = sorted(p for p in series.get(label, []) if p[1] == p[1])
         if not values:
             continue
         colour = COLOURS[index % len(COLOURS)]
-        coordinates = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in values)
+        coordinates = " ".join(f"{frame.x(s):.1f},{frame.y(v):.1f}" for s, v in values)
         parts.append(
             f'<polyline data-variant="{html.escape(label)}" points="{coordinates}" '
             f'fill="none" stroke="{colour}" stroke-width="2"/>'
         )
         if len(values) <= 20:  # few points: show each one
             parts += [
-                f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>'
+                f'<circle cx="{frame.x(s):.1f}" cy="{frame.y(v):.1f}" r="3" fill="{colour}"/>'
                 for s, v in values
             ]
     parts.append("</svg>")
@@ -108,38 +142,16 @@ def svg_scatter(
     height: int = 240,
 ) -> str:
     """A parameter (x) against a metric (y), one dot per variant, as inline SVG."""
-    left, right, top, bottom = 56, 12, 10, 30
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    if y1 == y0:
-        pad = abs(y0) * 0.1 or 1.0
-        y0, y1 = y0 - pad, y1 + pad
-
-    def x(value: float) -> float:
-        return left + (value - x0) / (x1 - x0) * (width - left - right)
-
-    def y(value: float) -> float:
-        return top + (1 - (value - y0) / (y1 - y0)) * (height - top - bottom)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img">',
-        f'<rect x="{left}" y="{top}" width="{width - left - right}" '
-        f'height="{height - top - bottom}" fill="none" stroke="#ccc"/>',
-        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" font-size="11">{y1:.4g}</text>',
-        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end" '
-        f'font-size="11">{y0:.4g}</text>',
-        f'<text x="{left}" y="{height - 10}" font-size="11">{x0:.4g}</text>',
-        f'<text x="{width - right}" y="{height - 10}" text-anchor="end" font-size="11">'
-        f"{html.escape(x_label)} {x1:.4g}</text>",
-    ]
+    frame = _frame(
+        [p[1] for p in points], [p[2] for p in points], width=width, height=height, bottom=30
+    )
+    parts = frame.opening(f"{frame.x0:.4g}", f"{html.escape(x_label)} {frame.x1:.4g}")
     for label, px, py in points:
         parts.append(
-            f'<circle data-variant="{html.escape(label)}" cx="{x(px):.1f}" cy="{y(py):.1f}" '
-            f'r="4" fill="{colours[label]}"><title>{html.escape(label)}: '
-            f"{html.escape(x_label)} {px:.4g}, {html.escape(y_label)} {py:.4g}</title></circle>"
+            f'<circle data-variant="{html.escape(label)}" cx="{frame.x(px):.1f}" '
+            f'cy="{frame.y(py):.1f}" r="4" fill="{colours[label]}"><title>'
+            f"{html.escape(label)}: {html.escape(x_label)} {px:.4g}, "
+            f"{html.escape(y_label)} {py:.4g}</title></circle>"
         )
     parts.append("</svg>")
     return "".join(parts)

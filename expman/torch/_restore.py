@@ -216,8 +216,26 @@ def _extra_lines(checkpoint: _Checkpoint, name: str, value: Any) -> list[str]:
         TensorSpec(key, spec.shape, spec.dtype)
         for key, spec in checkpoint.under(f"{EXTRA}{name}/").items()
     )
-    lines = [f"extra {name}: {line}" for line in compare_architectures(theirs, ours).lines()]
     before, now = json.loads(checkpoint.texts[EXTRA + name]), json.loads(text)
+    diff = compare_architectures(theirs, ours)
+    retyped = {
+        key: f"{key}: a tensor {theirs.by_name()[key].describe()} in the checkpoint, "
+        f"{_kind_of(_at(now, key))} here: give it the type it was saved with"
+        for key in diff.unexpected
+        if _at(now, key) is not _ABSENT
+    } | {
+        key: f"{key}: {_kind_of(_at(before, key))} in the checkpoint, a tensor "
+        f"{ours.by_name()[key].describe()} here: give it the type it was saved with"
+        for key in diff.missing
+        if _at(before, key) is not _ABSENT
+    }
+    lines = [
+        f"extra {name}: {line}"
+        for line in [
+            *(line for line in diff.lines() if line.split(": ", 1)[0] not in retyped),
+            *retyped.values(),
+        ]
+    ]
     if isinstance(before, dict) and isinstance(now, dict) and now and before.keys() != now.keys():
         missing = sorted(now.keys() - before.keys())
         unexpected = sorted(before.keys() - now.keys())
@@ -225,6 +243,26 @@ def _extra_lines(checkpoint: _Checkpoint, name: str, value: Any) -> list[str]:
         keys += [f"keys not in the extra state: {', '.join(unexpected)}"] if unexpected else []
         lines.append(f"extra {name}: " + "; ".join(keys))
     return lines
+
+
+_ABSENT = object()
+
+
+def _at(value: Any, key: str) -> Any:
+    """The value at a tensor's key path (``a/b``) in typed JSON, or ``_ABSENT``."""
+    for part in key.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict) and len(value) == 1:
+        tag = next(iter(value))
+        if tag.startswith("__") and tag.endswith("__"):
+            return f"a {tag.strip('_')}"
+    return f"a {type(value).__name__}" if value is not None else "None"
 
 
 def _read_text(manager: CheckpointManager, checkpoint: _Checkpoint, name: str) -> Any:
