@@ -311,6 +311,8 @@ def test_run_without_the_remote_extra_says_the_latest_checkpoint_is_missing(
     assert expman(workspace, "new", "base").returncode == 0
     assert expman(workspace, "run", "base").returncode == 0
     (workspace / ".expman" / "checkpoints" / "base" / "ckpt-000020.h5").unlink()
+    store = workspace.parent / "store"
+    assert expman(workspace, "remote", "add", "origin", str(store)).returncode == 0
 
     run = expman_without_remote(workspace, "run", "base")
     assert run.returncode == 5

@@ -111,16 +111,16 @@ def _queue_run(workspace: Workspace, name: str, with_options: bool) -> None:
 def _fetch_pulled_checkpoint(workspace: Workspace, latest: KeptCheckpoint) -> None:
     """The last record names a checkpoint not here: a pulled experiment (issue 13)."""
     name = latest.experiment
+    from expman.cli._remote import TerminalProgress
+    from expman.remote._prepare import fetch_latest_checkpoint_for_run
+
     try:  # the remote extra (fsspec) is imported only when a checkpoint must be fetched
-        from expman.cli._remote import TerminalProgress
-        from expman.remote._prepare import fetch_latest_checkpoint_for_run
+        step = fetch_latest_checkpoint_for_run(workspace, name, progress=TerminalProgress())
     except ImportError as error:
         raise CheckpointNotFoundError(
             f"the latest checkpoint of {name} ({latest.file}, step {latest.step}) is not on "
             "this machine, and fetching it needs the remote extra: pip install "
             f"'expman[remote]', or start over with expman run {name} --fresh"
         ) from error
-
-    step = fetch_latest_checkpoint_for_run(workspace, name, progress=TerminalProgress())
     if step is not None:
         note(f"fetched the latest checkpoint of {name} (step {step}) from the remote, verified")
