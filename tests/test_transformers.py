@@ -53,7 +53,12 @@ class StopAt(transformers.TrainerCallback):  # type: ignore[misc]
 
 
 def trainer(
-    root: Path, model: Any, max_steps: int, stop_at: int | None = None, **options: Any
+    root: Path,
+    model: Any,
+    max_steps: int,
+    stop_at: int | None = None,
+    eval_dataset: Any = None,
+    **options: Any,
 ) -> ExpmanTrainer:
     args = transformers.TrainingArguments(
         output_dir=str(root),
@@ -72,7 +77,13 @@ def trainer(
         **options,
     )
     callbacks = [StopAt(stop_at)] if stop_at else []
-    return ExpmanTrainer(model=model, args=args, train_dataset=Tokens(32), callbacks=callbacks)
+    return ExpmanTrainer(
+        model=model,
+        args=args,
+        train_dataset=Tokens(32),
+        eval_dataset=eval_dataset,
+        callbacks=callbacks,
+    )
 
 
 def test_saves_through_expman_and_resumes_exactly(tmp_path: Path) -> None:
@@ -131,3 +142,86 @@ def test_save_total_limit_and_best_model_are_retention(tmp_path: Path) -> None:
         "min",
     )
     assert retention_policy(transformers.TrainingArguments(str(tmp_path))).keep_max is None
+
+
+def with_scaler(run: ExpmanTrainer) -> ExpmanTrainer:
+    """The GradScaler that fp16 training on a GPU gets, on the CPU.
+
+    On the CPU, accelerate makes no scaler for ``fp16=True``; the trainer uses
+    one it is given through the same calls (``scale``, ``unscale_``, ``step``,
+    ``update``), so a CPU GradScaler stands in for the GPU's.
+    """
+    run.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    return run
+
+
+def test_the_fp16_grad_scaler_is_saved_and_resumed(tmp_path: Path) -> None:
+    straight = with_scaler(trainer(tmp_path / "a", gpt2(0), 12))
+    straight.train()
+    first = with_scaler(trainer(tmp_path / "b", gpt2(0), 12, stop_at=8))
+    first.train()
+    assert first.accelerator.scaler.state_dict()["scale"] == 2.0**12  # grown at steps 3 and 6
+
+    resumed = with_scaler(trainer(tmp_path / "b", gpt2(3), 12))
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.accelerator.scaler.state_dict() == straight.accelerator.scaler.state_dict()
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+class BestAtStart(transformers.TrainerCallback):  # type: ignore[misc]
+    """What the trainer's state says is the best checkpoint as training (re)starts."""
+
+    found: str | None = "not called"
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.found = state.best_model_checkpoint
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_load_best_model_at_end_restores_the_best_checkpoint(
+    tmp_path: Path, interrupted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The highest eval loss is "best" here, so that the best checkpoint (step 4)
+    # is not the last one and loading it is visible in the weights.
+    options: dict[str, Any] = dict(
+        eval_strategy="steps",
+        eval_steps=4,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,
+    )
+
+    def run(model: Any, **more: Any) -> ExpmanTrainer:
+        return trainer(tmp_path, model, 12, eval_dataset=Tokens(8), **options, **more)
+
+    if interrupted:
+        run(gpt2(0), stop_at=8).train()
+    last = run(gpt2(1))
+    at_start = BestAtStart()
+    last.add_callback(at_start)
+    last.train(resume_from_checkpoint=True)
+
+    directory = tmp_path / "checkpoints"
+    # save_total_limit=1: the newest, the best, and the one a run resumed from.
+    kept = ["ckpt-000004.h5", *(["ckpt-000008.h5"] if interrupted else [])]
+    assert sorted(p.name for p in directory.glob("ckpt-*")) == [*kept, "ckpt-000012.h5"]
+    assert last.state.best_global_step == 4
+    assert last.state.best_model_checkpoint == str(directory / "ckpt-000004.h5")
+    assert at_start.found == (str(directory / "ckpt-000004.h5") if interrupted else None)
+    assert "does not exist anymore" not in caplog.text
+    best = gpt2(2)
+    expman_torch_restore(CheckpointManager(directory), best, step=4)
+    for (name, a), b in zip(
+        best.state_dict().items(), last.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def expman_torch_restore(manager: CheckpointManager, model: Any, *, step: int) -> None:
+    import expman.torch
+
+    expman.torch.restore(manager, model, step=step, rng=False)
