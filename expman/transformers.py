@@ -102,7 +102,7 @@ class ExpmanTrainer(Trainer):
         self.manager = manager
         if not any(isinstance(c, ExpmanCallback) for c in self.callback_handler.callbacks):
             self.add_callback(ExpmanCallback())
-        self._resume_step: int | None = None
+        self._resuming = False
         self._resume_best: str | None = None
 
     def train(
@@ -119,7 +119,9 @@ class ExpmanTrainer(Trainer):
         meta = self.manager.checkpoint_for_restore()
         if meta is None:
             return super().train(**kwargs)
-        self._resume_step = meta.step
+        # The latest checkpoint, as checkpoint_for_restore() says: this run's, or
+        # under --from-checkpoint the other experiment's (step=None finds both).
+        self._resuming = True
         state = expman.torch.read_extra(self.manager, _STATE)
         # The trainer drops a best checkpoint that is not a folder (with a
         # warning); ours is a file, set again once the state is loaded.
@@ -131,7 +133,7 @@ class ExpmanTrainer(Trainer):
             try:
                 return super().train(resume_from_checkpoint=folder, **kwargs)
             finally:
-                self._resume_step = None
+                self._resuming = False
                 self._resume_best = None
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -163,7 +165,7 @@ class ExpmanTrainer(Trainer):
         )
 
     def _ours(self, checkpoint: str | None) -> bool:
-        return self._resume_step is not None and Path(str(checkpoint)).name.startswith(_RESUME_MARK)
+        return self._resuming and Path(str(checkpoint)).name.startswith(_RESUME_MARK)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if not self._ours(resume_from_checkpoint):
@@ -180,7 +182,6 @@ class ExpmanTrainer(Trainer):
             self.optimizer,
             self.lr_scheduler,
             extra=self._scaler(),
-            step=self._resume_step,
             rng=False,
         )
         # The best checkpoint, if it is this run's (not another experiment's: --from-checkpoint).
@@ -201,7 +202,7 @@ class ExpmanTrainer(Trainer):
         if not self._ours(checkpoint):
             super()._load_rng_state(checkpoint)
             return
-        meta = self.manager.checkpoint_for_restore(self._resume_step)
+        meta = self.manager.checkpoint_for_restore()
         assert meta is not None
         names = [
             t.name for t in meta.tensors if t.name.startswith("rng/") and "rank/" not in t.name

@@ -225,3 +225,41 @@ def expman_torch_restore(manager: CheckpointManager, model: Any, *, step: int) -
     import expman.torch
 
     expman.torch.restore(manager, model, step=step, rng=False)
+
+
+def test_the_hf_template_trains_resumes_and_refuses_a_wider_model(tmp_path: Path) -> None:
+    from tests.cli import expman, scaffold
+    from tests.conftest import git
+
+    project = scaffold(tmp_path, "hf")
+    new = expman(project, "new", "base", "--set", "steps=10", "--set", "save_steps=5")
+    assert new.returncode == 0, new.stderr
+    first = expman(project, "run", "base")
+    assert first.returncode == 0, first.stderr
+    assert "no checkpoint: starting from step 0" in first.stdout
+    second = expman(project, "run", "base")
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 10" in second.stdout
+    assert "step 20: eval loss" in second.stdout
+    directory = project / ".expman" / "checkpoints" / "base"
+    # save_total_limit=2: the 2 newest, and the one run 2 resumed from.
+    steps = ["ckpt-000010.h5", "ckpt-000015.h5", "ckpt-000020.h5"]
+    assert sorted(p.name for p in directory.glob("ckpt-*")) == steps
+    assert not [p for p in project.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+    assert not list(project.rglob("checkpoint-*"))
+    names = {t.name for t in CheckpointManager(directory).metadata().architecture.tensors}
+    assert {"transformer.wte.weight", "optimizer/class", "extra/trainer_state"} <= names
+
+    wide = expman(project, "new", "wide", "--from", "base", "--set", "model.n_embd=64")
+    assert wide.returncode == 0, wide.stderr
+    refused = expman(project, "run", "wide", "--from-checkpoint", "base")
+    assert refused.returncode == 3, refused.stderr
+    commit = git(project, "rev-parse", "--short=12", "exp/base~1").strip()
+    assert (
+        f"expman: checkpoint {directory / 'ckpt-000020.h5'} (written by experiment base, "
+        f"commit {commit}) does not match the model: 29 tensor differences\n"
+        "  lm_head.weight: checkpoint [64, 32] vs model [64, 64]\n"
+    ) in refused.stderr
+    assert "  transformer.wte.weight: checkpoint [64, 32] vs model [64, 64]\n" in refused.stderr
+    assert "refused (exit 3): architecture differs from base@20" in refused.stderr
+    assert not list((project / ".expman" / "checkpoints" / "wide").glob("ckpt-*"))
