@@ -3,8 +3,8 @@
 ``pip install expman[transformers]``. :class:`ExpmanTrainer` is a
 ``transformers.Trainer`` whose checkpoints are expman checkpoints, written by
 the PyTorch adapter at the trainer's save steps: the model (tied embeddings
-once), the optimizer, the LR scheduler, the random generators and the
-trainer's state, in one HDF5 file, guarded on resume. :class:`ExpmanCallback`
+once), the optimizer, the LR scheduler, the fp16 GradScaler, the random
+generators and the trainer's state, in one HDF5 file, guarded on resume. :class:`ExpmanCallback`
 (added by the trainer) logs the trainer's metrics with ``expman.log_metrics``.
 
 Example:
