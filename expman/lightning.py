@@ -42,13 +42,11 @@ from expman._errors import UsageError
 from expman.checkpoints._architecture import Architecture
 from expman.checkpoints._catalog import checkpoint_filename
 from expman.checkpoints._context import manager_defaults
-from expman.checkpoints._format import CheckpointMetadata, read_metadata
+from expman.checkpoints._format import read_metadata
 from expman.checkpoints._manager import CheckpointManager
 from expman.checkpoints._policy import CheckpointPolicy
 from expman.experiments._runtime import log_metrics
-from expman.torch import _typed
-from expman.torch._layout import EXTRA, ModelParts, class_name, is_model, optimizer_names
-from expman.torch._tensors import to_torch
+from expman.torch._layout import ModelParts, class_name, is_model, optimizer_names
 
 __all__ = ["ExpmanCheckpoint", "ExpmanLogger", "retention_policy"]
 
@@ -263,7 +261,7 @@ class _CheckpointIO(CheckpointIO):
         meta = manager.checkpoint_for_restore(step)
         assert meta is not None
         module = self._trainer.lightning_module
-        state: dict[str, Any] = _read_extra(manager, meta, STATE)
+        state: dict[str, Any] = expman.torch.read_extra(manager, STATE, step=step)
         fitting = self._trainer.state.fn == TrainerFn.FITTING
         fresh_optimizers: list[Any] = []
         configs: list[Any] = []
@@ -310,15 +308,6 @@ class _CheckpointIO(CheckpointIO):
 
     def teardown(self) -> None:
         self._manager.wait()
-
-
-def _read_extra(manager: CheckpointManager, meta: CheckpointMetadata, name: str) -> Any:
-    """An extra state written by ``expman.torch.save`` (typed JSON and its tensors)."""
-    key = EXTRA + name
-    text = manager.read(meta, names=[key])[key]
-    refs = _typed.tensor_names(text)
-    values = manager.read(meta, names=[f"{key}/{ref}" for ref in refs])
-    return _typed.loads(text, {ref: to_torch(values[f"{key}/{ref}"]) for ref in refs})
 
 
 def _optimizer_lines(

@@ -3,8 +3,8 @@
 ``pip install expman[transformers]``. :class:`ExpmanTrainer` is a
 ``transformers.Trainer`` whose checkpoints are expman checkpoints, written by
 the PyTorch adapter at the trainer's save steps: the model (tied embeddings
-once), the optimizer, the LR scheduler, the random generators and the
-trainer's state, in one HDF5 file, guarded on resume. :class:`ExpmanCallback`
+once), the optimizer, the LR scheduler, the fp16 GradScaler, the random
+generators and the trainer's state, in one HDF5 file, guarded on resume. :class:`ExpmanCallback`
 (added by the trainer) logs the trainer's metrics with ``expman.log_metrics``.
 
 Example:
@@ -25,6 +25,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 import expman.torch
+from expman.checkpoints._catalog import checkpoint_filename
 from expman.checkpoints._context import manager_defaults
 from expman.checkpoints._manager import CheckpointManager
 from expman.checkpoints._policy import CheckpointPolicy
@@ -34,6 +35,7 @@ from expman.torch._rng import restore_rng
 __all__ = ["ExpmanCallback", "ExpmanTrainer", "retention_policy"]
 
 _STATE = "trainer_state"
+_SCALER = "scaler"
 _RESUME_MARK = "expman-resume-"
 
 
@@ -100,7 +102,8 @@ class ExpmanTrainer(Trainer):
         self.manager = manager
         if not any(isinstance(c, ExpmanCallback) for c in self.callback_handler.callbacks):
             self.add_callback(ExpmanCallback())
-        self._resume_step: int | None = None
+        self._resuming = False
+        self._resume_best: str | None = None
 
     def train(
         self,
@@ -116,42 +119,53 @@ class ExpmanTrainer(Trainer):
         meta = self.manager.checkpoint_for_restore()
         if meta is None:
             return super().train(**kwargs)
-        self._resume_step = meta.step
-        state = self.manager.read(meta, names=[f"extra/{_STATE}"])[f"extra/{_STATE}"]
+        # The latest checkpoint, as checkpoint_for_restore() says: this run's, or
+        # under --from-checkpoint the other experiment's (step=None finds both).
+        self._resuming = True
+        state = expman.torch.read_extra(self.manager, _STATE)
+        # The trainer drops a best checkpoint that is not a folder (with a
+        # warning); ours is a file, set again once the state is loaded.
+        self._resume_best = state.pop("best_model_checkpoint", None)
         # The trainer reads its state from a folder: a JSON file, nothing else.
         with tempfile.TemporaryDirectory(prefix=_RESUME_MARK) as folder:
-            (Path(folder) / "trainer_state.json").write_text(state, encoding="utf-8")
+            text = json.dumps(state, allow_nan=True)
+            (Path(folder) / "trainer_state.json").write_text(text, encoding="utf-8")
             try:
                 return super().train(resume_from_checkpoint=folder, **kwargs)
             finally:
-                self._resume_step = None
+                self._resuming = False
+                self._resume_best = None
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         if self.hp_search_backend is None and trial is None:
             self.store_flos()
         step = int(self.state.global_step)
-        if self.state.best_global_step:
+        best_step = self.state.best_global_step
+        best = self.manager.directory / checkpoint_filename(best_step or 0)
+        if best_step and (best_step == step or best.is_file()):
             # What load_best_model_at_end restores: kept by the retention's keep_best.
-            best = self.manager.directory / f"ckpt-{self.state.best_global_step:06d}.h5"
             self.state.best_model_checkpoint = str(best)
         metrics = {}
         for entry in self.state.log_history:
             metrics.update(
                 {k: v for k, v in entry.items() if isinstance(v, int | float) and k != "step"}
             )
+        extra: dict[str, Any] = {_STATE: _state_dict(self.state)}
+        if not self.args.save_only_model:
+            extra.update(self._scaler())
         expman.torch.save(
             self.manager,
             step,
             self._module(),
             None if self.args.save_only_model else self.optimizer,
             None if self.args.save_only_model else self.lr_scheduler,
-            extra={_STATE: _state_dict(self.state)},
+            extra=extra,
             metrics=metrics,
             force=True,
         )
 
     def _ours(self, checkpoint: str | None) -> bool:
-        return self._resume_step is not None and Path(str(checkpoint)).name.startswith(_RESUME_MARK)
+        return self._resuming and Path(str(checkpoint)).name.startswith(_RESUME_MARK)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if not self._ours(resume_from_checkpoint):
@@ -167,19 +181,28 @@ class ExpmanTrainer(Trainer):
             self._module(),
             self.optimizer,
             self.lr_scheduler,
-            step=self._resume_step,
+            extra=self._scaler(),
             rng=False,
         )
+        # The best checkpoint, if it is this run's (not another experiment's: --from-checkpoint).
+        best = None if self._resume_best is None else Path(self._resume_best)
+        if best is not None and best.parent == self.manager.directory and best.is_file():
+            self.state.best_model_checkpoint = str(best)
+
+    def _scaler(self) -> dict[str, Any]:
+        """The mixed-precision GradScaler (fp16), as the extra state ``scaler``, if any."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return {} if scaler is None else {_SCALER: scaler}
 
     def _load_scaler(self, checkpoint: str | None) -> None:
-        if not self._ours(checkpoint):
+        if not self._ours(checkpoint):  # ours: restored with the optimizer, above
             super()._load_scaler(checkpoint)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if not self._ours(checkpoint):
             super()._load_rng_state(checkpoint)
             return
-        meta = self.manager.checkpoint_for_restore(self._resume_step)
+        meta = self.manager.checkpoint_for_restore()
         assert meta is not None
         names = [
             t.name for t in meta.tensors if t.name.startswith("rng/") and "rank/" not in t.name

@@ -73,3 +73,21 @@ def checkout_state(repo: Path) -> tuple[str, str, str, str]:
         git("ls-files", "--stage"),
         git("status", "--porcelain", "--untracked-files=all"),
     )
+
+
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "Ada",
+    "GIT_AUTHOR_EMAIL": "ada@example.com",
+    "GIT_COMMITTER_NAME": "Ada",
+    "GIT_COMMITTER_EMAIL": "ada@example.com",
+}
+
+
+def scaffold(parent: Path, template: str) -> Path:
+    """``expman init --template TEMPLATE DIR`` into a new repository, as a user does."""
+    project = parent / template
+    created = expman(parent, "init", "--template", template, str(project), env=IDENTITY)
+    assert created.returncode == 0, created.stderr
+    for key, value in (("user.name", "Ada"), ("user.email", "ada@example.com")):
+        subprocess.run(["git", "config", key, value], cwd=project, check=True)
+    return project

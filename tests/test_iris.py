@@ -93,7 +93,7 @@ def test_init_template_refuses_to_overwrite(tmp_path: Path) -> None:
     unknown = expman(repo, "init", "--template", "mnist")
     assert unknown.returncode == 11
     assert unknown.stderr == (
-        "expman: error: unknown template 'mnist': available templates: iris, torch\n"
+        "expman: error: unknown template 'mnist': available templates: hf, iris, lightning, torch\n"
     )
     (repo / "train.py").unlink()
     added = expman(repo, "init", "--template", "iris")

@@ -18,7 +18,8 @@ else:
 import h5py
 import torch
 
-from expman import ArchitectureMismatchError, CheckpointManager
+from expman import ArchitectureMismatchError, CheckpointManager, PartialRestoreWarning
+from expman.checkpoints._context import ManagerDefaults
 from expman.lightning import ExpmanCheckpoint, retention_policy
 
 # Lightning's own warnings about this tiny setup (few workers and batches), and
@@ -237,3 +238,93 @@ def test_retention_policy_maps_model_checkpoint_arguments() -> None:
     assert retention_policy(monitor=None, mode="min", save_top_k=-1).keep_max is None
     assert retention_policy(monitor="loss", mode="min", save_top_k=-1).keep_best == 0
     assert not retention_policy(monitor=None, mode="min", save_top_k=1).save_first_step
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")  # Lightning's, true
+def test_partial_resume_under_expman_run_starts_the_optimizers_fresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    narrow = model(0)
+    fit(narrow, 1, ExpmanCheckpoint(dirpath=tmp_path / "base"), tmp_path)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "base").iterdir())
+    # What `expman run wide --from-checkpoint base --partial` tells the training process.
+    run = ManagerDefaults(
+        directory=tmp_path / "wide",
+        policy={},
+        experiment="wide",
+        code_commit="0" * 40,
+        params={},
+        warm_start=tmp_path / "base" / "ckpt-000004.h5",
+        warm_start_name="base@4",
+        partial=True,
+    )
+    for name, value in run.to_env().items():
+        monkeypatch.setenv(name, value)
+    wide = model(1, hidden=32)
+
+    with pytest.warns(PartialRestoreWarning) as warned:
+        trainer = fit(wide, 2, ExpmanCheckpoint(), tmp_path, "last")
+
+    assert str(warned[0].message) == (
+        f"partial restore from {tmp_path / 'base' / 'ckpt-000004.h5'}: 1 tensors restored, "
+        "3 skipped: net.0.bias: checkpoint [16] vs model [32]; net.0.weight: checkpoint "
+        "[16, 4] vs model [32, 4]; net.3.weight: checkpoint [1, 16] vs model [1, 32]"
+    )
+    loaded = wide.loaded[0]
+    assert torch.equal(loaded["state_dict"]["net.3.bias"], narrow.state_dict()["net.3.bias"])
+    assert loaded["optimizer_states"][0]["state"] == {}  # fresh: Adam's moments had old shapes
+    assert loaded["lr_schedulers"][0]["last_epoch"] == 0
+    assert loaded["global_step"] == 4  # the loops go on from the checkpoint
+    assert trainer.global_step == 8
+    assert sorted(p.name for p in (tmp_path / "wide").glob("ckpt-*")) == ["ckpt-000008.h5"]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "base").iterdir()) == before
+
+
+def test_the_lightning_template_trains_resumes_and_refuses_a_wider_model(tmp_path: Path) -> None:
+    from tests.cli import expman, scaffold
+
+    project = scaffold(tmp_path, "lightning")
+    assert expman(project, "new", "base", "--set", "epochs=2").returncode == 0
+    first = expman(project, "run", "base")
+    assert first.returncode == 0, first.stderr
+    assert "no checkpoint: starting from step 0" in first.stdout
+    second = expman(project, "run", "base")
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 40, 2 epochs done" in second.stdout
+    assert "step 80: accuracy" in second.stdout
+    directory = project / ".expman" / "checkpoints" / "base"
+    assert sorted(p.name for p in directory.glob("ckpt-*")) == [
+        "ckpt-000040.h5",  # the one run 2 resumed from
+        "ckpt-000060.h5",
+        "ckpt-000080.h5",
+    ]
+    assert not [p for p in project.rglob("*") if p.suffix in (".ckpt", ".pt", ".pth", ".pkl")]
+    names = {t.name for t in CheckpointManager(directory).metadata().architecture.tensors}
+    assert {"net.0.weight", "extra/lightning"} <= names
+
+    new = expman(project, "new", "wide", "--from", "base", "--set", "model.hidden_units=[64,64]")
+    assert new.returncode == 0, new.stderr
+    refused = expman(project, "run", "wide", "--from-checkpoint", "base")
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stderr.splitlines()[-8:] == [
+        f"expman: checkpoint {directory / 'ckpt-000080.h5'} (written by experiment base, "
+        f"commit {commit_of(project, 'exp/base~1')}) does not match the model: "
+        "5 tensor differences",
+        "  net.0.bias: checkpoint [32] vs model [64]",
+        "  net.0.weight: checkpoint [32, 2] vs model [64, 2]",
+        "  net.2.bias: checkpoint [32] vs model [64]",
+        "  net.2.weight: checkpoint [32, 32] vs model [64, 64]",
+        "  net.4.weight: checkpoint [2, 32] vs model [2, 64]",
+        "to proceed: restore only the matching tensors with a partial restore (partial=True, "
+        "or expman run --partial), or start a new experiment for the changed model "
+        "(expman new NAME)",
+        refused.stderr.splitlines()[-1],
+    ]
+    assert "refused (exit 3): architecture differs from base@80" in refused.stderr
+    assert not list((project / ".expman" / "checkpoints" / "wide").glob("ckpt-*"))
+
+
+def commit_of(project: Path, revision: str) -> str:
+    from tests.conftest import git
+
+    return git(project, "rev-parse", "--short=12", revision).strip()

@@ -506,6 +506,28 @@ def test_extra_state_beside_the_model_round_trips(tmp_path: Path) -> None:
     del sampler_draws
 
 
+def test_read_extra_gives_an_extra_state_back_as_a_value(tmp_path: Path) -> None:
+    from expman import CheckpointNotFoundError
+
+    manager = CheckpointManager(tmp_path)
+    with pytest.raises(CheckpointNotFoundError) as caught:
+        et.read_extra(manager, "loop")
+    assert str(caught.value) == f"{tmp_path} has no checkpoint yet"
+    loop = {"epoch": 3, "seen": {0: (1, None)}, "scores": torch.arange(3.0)}
+    et.save(manager, 1, torch.nn.Linear(2, 2), extra={"loop": loop}, force=True)
+    et.save(manager, 2, torch.nn.Linear(2, 2), extra={"loop": {"epoch": 4}}, force=True)
+
+    assert et.read_extra(manager, "loop") == {"epoch": 4}
+    value = et.read_extra(manager, "loop", step=1)
+    assert value["seen"] == {0: (1, None)} and torch.equal(value["scores"], torch.arange(3.0))
+    with pytest.raises(CheckpointNotFoundError) as caught:
+        et.read_extra(manager, "ema")
+    assert str(caught.value) == (
+        f"checkpoint {tmp_path / 'ckpt-000002.h5'} has no extra state 'ema': it was saved "
+        "without extra={'ema': ...}"
+    )
+
+
 def test_extra_state_is_checked_by_the_guard(tmp_path: Path) -> None:
     model = torch.nn.Linear(2, 2)
     et.save(CheckpointManager(tmp_path), 1, model, extra={"ema": torch.nn.Linear(2, 2)}, force=True)

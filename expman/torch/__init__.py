@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from expman._errors import CheckpointWriteError
+from expman._errors import CheckpointNotFoundError, CheckpointWriteError
 from expman.checkpoints._manager import CheckpointManager, metric_values
 from expman.torch import _layout, _restore, _rng
 
-__all__ = ["restore", "save", "state_of"]
+__all__ = ["read_extra", "restore", "save", "state_of"]
 
 
 def state_of(
@@ -168,3 +168,34 @@ def restore(
         partial=partial,
         rng=rng,
     )
+
+
+def read_extra(manager: CheckpointManager, name: str, *, step: int | None = None) -> Any:
+    """The extra state ``name`` of the latest checkpoint (or ``step``), as a value.
+
+    What ``save(..., extra={name: value})`` wrote, with its exact types back
+    (dicts, tuples, int keys, ``Counter``s) and its tensors as CPU tensors,
+    without a live object of the same structure (which :func:`restore`
+    needs). The checkpoint is the one :func:`restore` would read (under
+    ``expman run --from-checkpoint``, the other experiment's while this
+    directory has none). Nothing is checked against a model: use it for
+    state that is not a module's, such as a trainer's loop counters.
+
+    Raises:
+        CheckpointNotFoundError: no checkpoint, or none with this extra state.
+
+    Example:
+        >>> expman.torch.save(ckpts, 10, model, extra={"loop": {"epoch": 3}})  # doctest: +SKIP
+        >>> expman.torch.read_extra(ckpts, "loop")  # doctest: +SKIP
+        {'epoch': 3}
+    """
+    meta = manager.checkpoint_for_restore(step)
+    if meta is None:
+        raise CheckpointNotFoundError(f"{manager.directory} has no checkpoint yet")
+    key = _layout.EXTRA + name
+    if key not in meta.architecture.by_name():
+        raise CheckpointNotFoundError(
+            f"checkpoint {meta.path} has no extra state {name!r}: it was saved without "
+            f"extra={{{name!r}: ...}}"
+        )
+    return _restore.read_value(manager, meta, key)

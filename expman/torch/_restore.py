@@ -37,7 +37,7 @@ from expman.torch._layout import (
 from expman.torch._rng import rank_and_world, restore_rng
 from expman.torch._tensors import dtype_name, empty_like_spec, host_view, to_torch
 
-__all__ = ["restore"]
+__all__ = ["read_value", "restore"]
 
 # Tensors that cannot be read in place (other devices, other layouts) go
 # through host buffers of at most this many bytes at a time (or the largest).
@@ -266,12 +266,17 @@ def _kind_of(value: Any) -> str:
 
 
 def _read_text(manager: CheckpointManager, checkpoint: _Checkpoint, name: str) -> Any:
-    """A typed-JSON value with its tensors (CPU tensors)."""
-    text = checkpoint.texts.get(name)
+    return read_value(manager, checkpoint.meta, name, checkpoint.texts.get(name))
+
+
+def read_value(
+    manager: CheckpointManager, meta: CheckpointMetadata, name: str, text: str | None = None
+) -> Any:
+    """A typed-JSON value with its tensors (CPU tensors); ``text`` if already read."""
     if text is None:
-        text = manager.read(checkpoint.meta, names=[name])[name]
+        text = manager.read(meta, names=[name])[name]
     refs = _typed.tensor_names(text)
-    values = manager.read(checkpoint.meta, names=[f"{name}/{ref}" for ref in refs])
+    values = manager.read(meta, names=[f"{name}/{ref}" for ref in refs])
     return _typed.loads(text, {ref: to_torch(values[f"{name}/{ref}"]) for ref in refs})
 
 
