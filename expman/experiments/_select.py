@@ -118,7 +118,7 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"model": {"hidden_units": [10]}}`` -> ``{"model.hidden_units": [10]}``."""
     flat: dict[str, Any] = {}
     for key, value in params.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

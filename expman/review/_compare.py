@@ -16,6 +16,7 @@ from expman._errors import ExperimentNotFoundError, UsageError
 from expman.experiments._config import CONFIG_NAME, parse_config
 from expman.experiments._records import RECORDS_DIR, record_directory
 from expman.experiments._runner import lower_is_better
+from expman.experiments._select import flatten
 from expman.experiments._workspace import RunSummary, Workspace
 
 __all__ = ["Comparison", "Variant", "compare_experiments", "parse_variant"]
@@ -192,18 +193,8 @@ def _key(value: Any) -> str:
 _MISSING = "(absent)"
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _params_table(all_params: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    flats = [_flatten(p) for p in all_params]
+    flats = [flatten(p) for p in all_params]
     keys = sorted(set().union(*flats))
     return {key: [flat.get(key, _MISSING) for flat in flats] for key in keys}
 
