@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -837,3 +838,48 @@ def test_pull_of_branches_only_does_not_contact_the_store(tmp_path: Path, aws_en
     assert with_logs.stderr.startswith(
         "expman: error: cannot read a manifest from s3://team/expman ("
     )
+
+
+_ORPHANED_TASK = """
+import asyncio, gc
+from expman.remote._config import RemoteConfig
+from expman.remote._store import ObjectStore
+
+store = ObjectStore(RemoteConfig("origin", "s3://bucket/expman", "origin",
+                                 {"endpoint_url": "http://127.0.0.1:9"}))
+
+async def send_body():  # what aiohttp leaves behind when the server goes away mid-request
+    raise ConnectionResetError("Connection lost")
+
+async def orphan():
+    asyncio.ensure_future(send_body())
+    await asyncio.sleep(0.1)
+
+asyncio.run_coroutine_threadsafe(orphan(), store.fs.loop).result()
+gc.collect()
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_storage_library_task_failing_in_the_background_prints_nothing(
+    aws_env: None, debug: bool
+) -> None:
+    """The server going away leaves aiohttp tasks nobody awaits; their tracebacks are noise.
+
+    The failure that matters reaches the user as one line from the request that
+    was awaited; the background copies show only with EXPMAN_DEBUG=1.
+    """
+    env = (
+        {**os.environ, "EXPMAN_DEBUG": "1"}
+        if debug
+        else {k: v for k, v in os.environ.items() if k != "EXPMAN_DEBUG"}
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _ORPHANED_TASK], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    if debug:
+        assert "Task exception was never retrieved" in result.stderr
+        assert "ConnectionResetError: Connection lost" in result.stderr
+    else:
+        assert result.stderr == ""

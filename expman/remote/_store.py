@@ -65,6 +65,7 @@ class ObjectStore:
             self.fs, root = fsspec.core.url_to_fs(remote.url, **dict(remote.options))
         self.root = root.rstrip("/")
         self.local = "file" in _protocols(self.fs)
+        _quiet_background_failures(self.fs)
         if self.local:
             self.fs.makedirs(self.root, exist_ok=True)
 
@@ -287,6 +288,20 @@ class ObjectStore:
             raise RemoteError(
                 f"cannot {what} {self.url} ({name}: {_first_line(error)}): {hint}"
             ) from error
+
+
+def _quiet_background_failures(fs: Any) -> None:
+    """Keep the tracebacks of requests nobody awaits off the user's terminal.
+
+    When a server goes away mid-transfer, aiohttp leaves tasks (a request body
+    half sent) whose failure no one retrieves, and asyncio prints each one's
+    traceback when it is collected. The request expman awaited fails too and
+    reaches the user as one line, so these copies are noise; EXPMAN_DEBUG=1
+    shows them.
+    """
+    loop = getattr(fs, "loop", None)  # an asynchronous file system's event loop thread
+    if loop is not None and os.environ.get("EXPMAN_DEBUG") != "1":
+        loop.set_exception_handler(lambda loop, context: None)
 
 
 class _BytesCallback(Callback):  # type: ignore[misc]
