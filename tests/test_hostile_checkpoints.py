@@ -17,16 +17,19 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from expman import (
+    CheckpointCorruptError,
     CheckpointIndexWarning,
     CheckpointManager,
     CheckpointReadError,
     CheckpointSkippedWarning,
     read_metadata,
 )
+from expman.checkpoints._format import validate_checkpoint
 from tests.hostile_checkpoints import CASES, SECRET, Case, state
 
 
@@ -100,6 +103,33 @@ def test_hostile_file_gives_the_exact_error_and_nothing_else(
     target = state(0)
     assert manager.restore(target, step=2) == 2
     np.testing.assert_array_equal(target["dnn/logits/kernel"], state(2)["dnn/logits/kernel"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_validating_a_strangers_file_refuses_it_as_a_restore_would(
+    case: Case, three_steps: Path, tmp_path: Path
+) -> None:
+    """What pull runs on a downloaded checkpoint: every check before a tensor is read."""
+    path = three_steps / "ckpt-000003.h5"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    case.damage(path, scratch)
+    with pytest.raises(case.error) as caught:
+        validate_checkpoint(path)
+    assert type(caught.value) is case.error
+    assert str(caught.value) == case.message(path)
+
+
+def test_validating_leaves_tensor_checksums_to_the_restore(three_steps: Path) -> None:
+    path = three_steps / "ckpt-000003.h5"
+    with h5py.File(path, "r+") as f:
+        f["tensors/dnn/logits/kernel:0"][0, 0] = 42.0  # same layout, other bytes
+    assert validate_checkpoint(path).step == 3
+    with pytest.raises(CheckpointCorruptError) as caught:
+        CheckpointManager(three_steps).restore_latest(state(0))
+    assert str(caught.value).startswith(
+        f"{path} is corrupt: tensor 'dnn/logits/kernel' fails its checksum (recorded xxh3-64:"
+    )
 
 
 def make_fifo(path: Path, outside: Path) -> None:

@@ -19,15 +19,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 
 from tests.cli import EXPMAN, expman
 from tests.conftest import git, make_repository
+from tests.hostile_checkpoints import SECRET, external_scalar
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,84 @@ def test_a_corrupted_object_is_caught_by_its_digest_and_never_used(machines: Mac
     run = expman(machines.b, "run", "base")
     assert run.returncode == 14
     assert "train" not in run.stdout
+
+
+def forge_latest_checkpoint(machine: Path, change: Callable[[h5py.File], None]) -> Path:
+    """Rewrite base's latest checkpoint, and commit a run record naming the new bytes.
+
+    What a teammate who can push to the git remote (and so decides which digests
+    are expected) could do. Returns the rewritten checkpoint's path.
+    """
+    entries = records(machine, "base", 1)
+    path = machine / ".expman" / "checkpoints" / "base" / entries[-1]["file"]
+    with h5py.File(path, "r+") as f:
+        change(f)
+    entries[-1].update(sha256=sha256(path), size=path.stat().st_size)
+    env = {**os.environ, "GIT_INDEX_FILE": str(machine.parent / "forged.index")}
+
+    def plumbing(*args: str, content: str | None = None) -> str:
+        run = subprocess.run(
+            ["git", *args], cwd=machine, env=env, input=content, text=True, capture_output=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    plumbing("read-tree", "exp/base")
+    blob = plumbing("hash-object", "-w", "--stdin", content=json.dumps(entries))
+    plumbing("update-index", "--cacheinfo", f"100644,{blob},expman-runs/base/001/checkpoints.json")
+    commit = plumbing("commit-tree", plumbing("write-tree"), "-p", "exp/base", "-m", "forged")
+    plumbing("update-ref", "refs/heads/exp/base", commit)
+    return path
+
+
+def test_a_hostile_file_matching_a_forged_record_is_refused_at_pull(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    ok(expman(machines.a, "new", "base", "--set", "steps=200"))
+    ok(expman(machines.a, "run", "base"))
+    secret = tmp_path / "token.txt"
+    secret.write_text(SECRET)
+    forged = forge_latest_checkpoint(
+        machines.a, lambda f: external_scalar(f, "tensors/global_step:0", secret, 8)
+    )
+    ok(expman(machines.a, "push", "base"))
+
+    pulled = expman(machines.b, "pull")
+    assert pulled.returncode == 14
+    line = pulled.stderr.splitlines()[-1]
+    assert line.startswith(f"expman: error: {forged.name} of base matches its digest but is not ")
+    assert line.endswith(
+        "breaks the checkpoint format ('/tensors/global_step:0' has external storage): "
+        "restore another step, or move the file away); it was not used"
+    )
+    assert "s3cr3t" not in pulled.stdout + pulled.stderr
+    assert not [n for n in checkpoint_files(machines.b, "base") if n.startswith((".", "ckpt-"))]
+
+
+def test_tensor_bytes_matching_a_forged_record_are_pulled_and_refused_at_restore(
+    tmp_path: Path,
+) -> None:
+    """Pull checks the file's structure; each tensor's checksum is checked where it is read."""
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    ok(expman(machines.a, "new", "base", "--set", "steps=200"))
+    ok(expman(machines.a, "run", "base"))
+
+    def change(f: h5py.File) -> None:
+        f["tensors/dnn/logits/kernel:0"][0, 0] = 42.0  # same layout, other bytes
+
+    forged = forge_latest_checkpoint(machines.a, change)
+    ok(expman(machines.a, "push", "base"))
+
+    ok(expman(machines.b, "pull"))
+    pulled = machines.b / ".expman" / "checkpoints" / "base" / forged.name
+    assert sha256(pulled) == sha256(forged)
+    run = expman(machines.b, "run", "base")
+    assert run.returncode == 8
+    assert (
+        f"expman: error: {pulled} is corrupt: tensor 'dnn/logits/kernel' fails its checksum "
+        "(recorded xxh3-64:"
+    ) in run.stderr
+    assert "): restore another step, or move the file away\n" in run.stderr
+    assert "starting at step" not in run.stdout
 
 
 def test_a_missing_manifest_means_no_files_are_trusted(machines: Machines) -> None:

@@ -59,6 +59,7 @@ __all__ = [
     "read_metadata",
     "read_tensors",
     "tensor_path",
+    "validate_checkpoint",
     "write_checkpoint",
 ]
 
@@ -310,6 +311,31 @@ def read_metadata(path: Path) -> CheckpointMetadata:
             return _metadata(path, f, fd, info)
     finally:
         os.close(fd)
+
+
+def validate_checkpoint(path: Path) -> CheckpointMetadata:
+    """Check a checkpoint from elsewhere as a restore would, without reading a tensor.
+
+    Everything :func:`read_metadata` checks, then every tensor's dataset as
+    :func:`read_tensors` checks it before reading (``docs/checkpoint-format.md``,
+    "What a reader checks", 1 to 6). Tensor checksums (7) are left to the
+    restore, which verifies them as it reads.
+
+    Raises:
+        CheckpointCorruptError: the file is not HDF5, truncated or damaged.
+        CheckpointFormatError: the file breaks the format.
+        CheckpointReadError: the file is missing, unreadable or not a regular file.
+    """
+    metadata = read_metadata(path)
+    fd, info = open_regular_file(path)
+    try:
+        with _open(path, info) as f:
+            if info.st_size != metadata.size:
+                raise CheckpointCorruptError(f"{path} changed while it was checked: check it again")
+            _checked_datasets(f, metadata, [t.name for t in metadata.tensors], fd, info.st_size)
+    finally:
+        os.close(fd)
+    return metadata
 
 
 def _open(path: Path, info: os.stat_result) -> h5py.File:

@@ -4,8 +4,9 @@ A branch moves only forward: a new experiment is created, one this machine is
 behind on fast-forwards, and one that both machines ran since they last met is
 left as it is and reported (nothing is lost on either side). Files come only
 from what a manifest names; every checkpoint is checked against the digest in
-the run record on the branch, then read in full as a restore would read it,
-before it takes its name in the checkpoint directory (never replacing one).
+the run record on the branch, then given every check a restore makes before it
+reads a tensor (the tensors' own checksums are verified by each restore as it
+reads), before it takes its name in the checkpoint directory (never replacing one).
 """
 
 from __future__ import annotations
@@ -196,8 +197,8 @@ def fetch_checkpoints(
 ) -> tuple[dict[str, list[int]], int, int]:
     """Download the checkpoints not here yet; each verified before it is committed.
 
-    Each file is checked (digest, then a full read as a restore reads it) as
-    soon as it has arrived, while the others are still downloading.
+    Each file is checked (its sha256, then the file's structure as a restore
+    checks it before reading) as soon as it has arrived, while the others are still downloading.
     Returns the steps now present per experiment, and the files and bytes downloaded.
     """
     jobs: dict[Path, tuple[str, RecordedCheckpoint, Path]] = {}  # temporary -> its checkpoint
@@ -233,7 +234,7 @@ def fetch_checkpoints(
     objects = [(c.entry, temporary) for temporary, (_, c, _) in jobs.items()]
     verifier = ThreadPoolExecutor(_VERIFIERS, "expman-verify")
     try:
-        # each file is verified (on its own thread: hashing and reads release the GIL)
+        # each file is verified (on its own thread: hashing releases the GIL)
         # as soon as it has arrived, while the others still download
         with contextlib.closing(
             store.download(objects, progress, "downloading checkpoints")
@@ -275,12 +276,11 @@ def _check_digest(path: Path, entry: FileEntry, what: str, url: str) -> None:
 
 
 def _validate(path: Path, what: str) -> None:
-    """A pulled file is a stranger's file: read it in full, as a restore would."""
-    from expman.checkpoints._format import read_metadata, read_tensors
+    """A pulled file is a stranger's file: every check a restore makes before it reads."""
+    from expman.checkpoints._format import validate_checkpoint
 
     try:
-        metadata = read_metadata(path)
-        read_tensors(metadata, [t.name for t in metadata.tensors], {})
+        validate_checkpoint(path)
     except CheckpointError as error:
         raise RemoteIntegrityError(
             f"{what} matches its digest but is not a valid checkpoint ({error}); it was not used"
