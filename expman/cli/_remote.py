@@ -271,7 +271,8 @@ def pull(
 
     Branches only move forward; one that ran on both machines is left as it is
     and reported. Every checkpoint is verified against its record's digest and
-    read in full before it is used; `expman run` fetches a missing latest one.
+    checked as a restore checks a file before it is used; `expman run` fetches a
+    missing latest one.
     """
     from expman._errors import RemoteIntegrityError
     from expman.remote._config import choose_remote
