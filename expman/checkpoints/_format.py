@@ -10,11 +10,11 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -67,6 +67,23 @@ FORMAT_VERSION = 1
 CHECKSUM_ALGORITHM = "xxh3-64"
 _COMPRESSIONS = ("gzip", "lzf")
 _READ_CHUNK = 16 * 2**20
+# A value up to this size is hashed on the caller's thread: handing it to the
+# hasher thread (a future, a queue entry, a wake-up) costs more than xxh3 does.
+_INLINE_HASH_BYTES = 2**20
+
+
+class _Checksum(Protocol):
+    def result(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """A checksum computed on the caller's thread, read like a hasher's future."""
+
+    value: str
+
+    def result(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -229,13 +246,23 @@ def _end_of_file(path: Path) -> int:
     return int.from_bytes(superblock[40:48], "little")
 
 
-def _checksums(hasher: ThreadPoolExecutor, leaves: Sequence[Leaf]) -> list[Future[str]]:
-    """Each leaf's checksum, computed once for tied leaves (``same_as``)."""
-    futures: dict[str, Future[str]] = {}
+def _checksums(hasher: ThreadPoolExecutor, leaves: Sequence[Leaf]) -> list[_Checksum]:
+    """Each leaf's checksum, computed once for tied leaves (``same_as``).
+
+    Large values are hashed on ``hasher`` while this thread writes; small ones
+    right here (see ``_INLINE_HASH_BYTES``).
+    """
+    futures: dict[str, _Checksum] = {}
     for leaf in leaves:
         shared = futures.get(leaf.same_as) if leaf.same_as else None
-        futures[leaf.name] = shared or hasher.submit(checksum, leaf.value)
+        futures[leaf.name] = shared or _checksum_of(hasher, leaf.value)
     return [futures[leaf.name] for leaf in leaves]
+
+
+def _checksum_of(hasher: ThreadPoolExecutor, value: np.ndarray[Any, Any] | str) -> _Checksum:
+    if isinstance(value, str) or value.nbytes <= _INLINE_HASH_BYTES:
+        return _Computed(checksum(value))
+    return hasher.submit(checksum, value)
 
 
 def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> None:
@@ -421,7 +448,7 @@ def read_tensors(
                     f"{path} changed after its metadata was read: read it again"
                 )
             datasets = _checked_datasets(f, metadata, names, fd, info.st_size)
-            read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]] = []
+            read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]] = []
             for name in names:
                 record = records[name]
                 try:
@@ -467,7 +494,7 @@ def _unreadable(path: Path, name: str, error: BaseException) -> CheckpointCorrup
 
 def _verified(
     path: Path,
-    read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]],
+    read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]],
     specs: Mapping[str, TensorSpec],
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
@@ -492,18 +519,18 @@ def _read_value(
     hasher: ThreadPoolExecutor,
     record: TensorRecord,
     destination: Any,
-) -> tuple[np.ndarray[Any, Any] | str, Future[str]]:
-    """Read one checked tensor; its checksum is computed on ``hasher`` meanwhile."""
+) -> tuple[np.ndarray[Any, Any] | str, _Checksum]:
+    """Read one checked tensor; a large one's checksum is computed on ``hasher`` meanwhile."""
     if record.kind == "str":
         assert storage.dataset is not None
         text = str(storage.dataset.asstr()[()])
-        return text, hasher.submit(checksum, text)
+        return text, _Computed(checksum(text))
     return _read_array(storage, fd, hasher, destination)
 
 
 def _read_array(
     storage: TensorStorage, fd: int, hasher: ThreadPoolExecutor, destination: Any
-) -> tuple[np.ndarray[Any, Any], Future[str]]:
+) -> tuple[np.ndarray[Any, Any], _Checksum]:
     """Read into ``destination`` when it fits, hashing each chunk as the next is read.
 
     A contiguous, native-order dataset is read straight from its file offset
@@ -518,6 +545,12 @@ def _read_array(
     )
     target = destination if fits else np.empty(storage.shape, storage.dtype)
     data = target.reshape(-1).view(np.uint8).data
+    if data.nbytes <= _INLINE_HASH_BYTES:
+        if data.nbytes and storage.offset is not None:
+            _read_exactly(fd, data, storage.offset)
+        elif data.nbytes and storage.dataset is not None:
+            storage.dataset.read_direct(target)
+        return target, _Computed(f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_64_hexdigest(data)}")
     state = xxhash.xxh3_64()
     if data.nbytes and storage.offset is not None:
         for start in range(0, data.nbytes, _READ_CHUNK):
