@@ -149,6 +149,20 @@ def apply_h5(path: Path, edit: tuple[Any, ...], secret: Path, secret_h5: Path) -
             h5py.h5d.create(f.id, name.encode(), kind_id, space, dcpl=plist)
 
 
+def apply_edits(path: Path, edits: list[tuple[Any, ...]], secret: Path, secret_h5: Path) -> None:
+    """Damage ``path`` as a fuzzer case does (``secret``: what links and storage point at)."""
+    # h5py rewrites first, on a valid file: h5py writing into a file whose bytes are
+    # already damaged can crash the fuzzer itself, which is not what is tested here.
+    for edit in sorted(edits, key=lambda e: e[0] in ("flip", "truncate", "overwrite")):
+        try:
+            if edit[0] in ("flip", "truncate", "overwrite"):
+                apply_bytes(path, edit)
+            else:
+                apply_h5(path, edit, secret, secret_h5)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError):
+            break  # h5py could not make this edit (the file is already damaged)
+
+
 def leaked(value: Any) -> bool:
     """Whether a value read from a checkpoint holds any of the secret's bytes."""
     if isinstance(value, np.ndarray):
@@ -204,16 +218,7 @@ def test_mutated_checkpoints_give_only_expman_errors(
     # whole process with every thread's stack, a failure rather than a hang.
     faulthandler.dump_traceback_later(60, exit=True)
     try:
-        # h5py rewrites first, on a valid file: h5py writing into a file whose bytes are
-        # already damaged can crash the fuzzer itself, which is not what is tested here.
-        for edit in sorted(edits, key=lambda e: e[0] in ("flip", "truncate", "overwrite")):
-            try:
-                if edit[0] in ("flip", "truncate", "overwrite"):
-                    apply_bytes(path, edit)
-                else:
-                    apply_h5(path, edit, secret, secret_h5)
-            except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError):
-                break  # h5py could not make this edit (the file is already damaged)
+        apply_edits(path, edits, secret, secret_h5)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             read_everything(directory, path)
