@@ -6,6 +6,7 @@ specifies the layout; ``tests/test_format.py`` checks written files against it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -30,6 +31,7 @@ from expman._version import __version__
 from expman.checkpoints._architecture import Architecture, TensorSpec
 from expman.checkpoints._durable import allocate, phase, reserve_space
 from expman.checkpoints._layout import tensor_path
+from expman.checkpoints._sandbox import examine, is_sound, stat_key
 from expman.checkpoints._state import Bits, Leaf, LeafKind
 from expman.checkpoints._validate import (
     META_DATASETS,
@@ -56,6 +58,7 @@ __all__ = [
     "CheckpointMetadata",
     "TensorRecord",
     "checksum",
+    "examine_here",
     "read_metadata",
     "read_tensors",
     "tensor_path",
@@ -333,10 +336,68 @@ def read_metadata(path: Path) -> CheckpointMetadata:
     """
     fd, info = open_regular_file(path)
     try:
+        if not is_sound(info):  # a stranger's file: HDF5 parses it first in the helper
+            return _metadata_from_json(path, examine(path, info))
         with _open(path, info) as f:
             return _metadata(path, f, fd, info)
     finally:
         os.close(fd)
+
+
+def examine_here(path: Path) -> dict[str, Any]:
+    """What the sandbox's helper runs: every check of a read but reading tensor bytes.
+
+    Returns the file's stat identity and metadata as JSON. Each tensor
+    dataset is opened and checked as a read would check it, so that HDF5 has
+    parsed every object a later read opens; a tensor that fails its check
+    fails when it is read, as without the helper.
+    """
+    fd, info = open_regular_file(path)
+    try:
+        with _open(path, info) as f:
+            metadata = _metadata(path, f, fd, info)
+            specs = metadata.architecture.by_name()
+            for record in metadata.tensors:
+                with contextlib.suppress(CheckpointError, *_READ_ERRORS):
+                    checked_tensor_dataset(
+                        path, f, record.path, record.kind, specs[record.name], info.st_size, fd
+                    )
+    finally:
+        os.close(fd)
+    return {"stat": list(stat_key(info)), "metadata": _metadata_to_json(metadata)}
+
+
+def _metadata_to_json(metadata: CheckpointMetadata) -> dict[str, Any]:
+    return {
+        "format_version": metadata.format_version,
+        "step": metadata.step,
+        "wall_time": metadata.wall_time,
+        "metrics": dict(metadata.metrics),
+        "params": dict(metadata.params),
+        "architecture": metadata.architecture.to_json(),
+        "experiment": metadata.experiment,
+        "code_commit": metadata.code_commit,
+        "versions": dict(metadata.versions),
+        "tensors": [[t.name, t.path, t.kind, t.checksum] for t in metadata.tensors],
+        "size": metadata.size,
+    }
+
+
+def _metadata_from_json(path: Path, data: Mapping[str, Any]) -> CheckpointMetadata:
+    return CheckpointMetadata(
+        path=path,
+        format_version=data["format_version"],
+        step=data["step"],
+        wall_time=data["wall_time"],
+        metrics=data["metrics"],
+        params=data["params"],
+        architecture=Architecture.from_json(data["architecture"]),
+        experiment=data["experiment"],
+        code_commit=data["code_commit"],
+        versions=data["versions"],
+        tensors=tuple(TensorRecord(*t) for t in data["tensors"]),
+        size=data["size"],
+    )
 
 
 def _open(path: Path, info: os.stat_result) -> h5py.File:
@@ -439,6 +500,8 @@ def read_tensors(
     path = metadata.path
     fd, info = open_regular_file(path)
     try:
+        if not is_sound(info):  # changed since its metadata was read: a stranger again
+            examine(path, info)
         with (
             _open(path, info) as f,
             ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
