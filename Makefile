@@ -40,13 +40,24 @@ test: lint
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo.iris $(if $(KEEP),--keep,)
 
-# The long run of the checkpoint fuzzer (docs/development.md, "Fuzzing"): pytest runs
-# in its own process, so a crash (segfault) fails the target as surely as an exception.
+# The long run of the checkpoint fuzzer (docs/development.md, "Fuzzing"): FUZZ_SHARDS
+# pytest processes at once (one a core), each running its share of FUZZ_EXAMPLES with its
+# own random hypothesis seed and its own temporary directory. A crash (segfault) of any
+# shard fails the target as surely as an exception; each keeps its count and its case
+# running in fuzz-progress-N.txt.
 FUZZ_EXAMPLES ?= 100000
+FUZZ_SHARDS ?= 2
 fuzz: $(BIN)/.installed
-	EXPMAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EXPMAN_FUZZ_PROGRESS=fuzz-progress.txt \
-		$(BIN)/pytest tests/test_fuzz_checkpoints.py -q \
-		-p no:cacheprovider --hypothesis-show-statistics
+	$(MAKE) -j$(FUZZ_SHARDS) --output-sync=target \
+		$(addprefix fuzz-shard-,$(shell seq $(FUZZ_SHARDS)))
+
+fuzz-shard-%: $(BIN)/.installed
+	tmp=$$(mktemp -d) && \
+	EXPMAN_FUZZ_EXAMPLES=$$(( ($(FUZZ_EXAMPLES) + $(FUZZ_SHARDS) - 1) / $(FUZZ_SHARDS) )) \
+	EXPMAN_FUZZ_PROGRESS=fuzz-progress-$*.txt \
+		$(BIN)/pytest tests/test_fuzz_checkpoints.py -q --basetemp=$$tmp/pytest \
+		-p no:cacheprovider --hypothesis-show-statistics; \
+	status=$$?; rm -rf $$tmp; exit $$status
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkpoint_io

@@ -109,7 +109,8 @@ def test_an_experiment_without_runs_still_compares(two_variants: Path) -> None:
         (
             ["base"],
             2,
-            "compare needs at least two experiments: expman compare base wide [more ...]",
+            "compare needs two or more experiments or runs: expman compare base wide, "
+            "or the runs of one experiment: expman compare base@1 base@2",
         ),
         (
             ["base", "nope"],

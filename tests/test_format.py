@@ -240,6 +240,25 @@ def test_checksum_mismatch(ckpt_dir: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("position", ["first byte", "last byte"])
+def test_a_large_tensor_fails_its_checksum_wherever_it_is_damaged(
+    ckpt_dir: Path, position: str
+) -> None:
+    """Tensors over 1 MiB are hashed on a second thread while they are read."""
+    large = {"big": np.arange(3 * 2**20 // 4, dtype=np.float32), "small": np.ones(3, np.float32)}
+    with CheckpointManager(ckpt_dir) as manager:
+        manager.save(1, large, force=True)
+    path = ckpt_dir / "ckpt-000001.h5"
+    with h5py.File(path, "r") as f:
+        offset = f["tensors/big:0"].id.get_offset()
+    with open(path, "r+b") as handle:
+        handle.seek(offset + (0 if position == "first byte" else large["big"].nbytes - 1))
+        handle.write(b"\xff")
+    into = {name: np.zeros_like(value) for name, value in large.items()}
+    with pytest.raises(CheckpointCorruptError, match=r"tensor 'big' fails its checksum"):
+        CheckpointManager(ckpt_dir).restore(into)
+
+
 def test_metadata_that_lies_about_a_shape_is_refused(ckpt_dir: Path) -> None:
     path = write_doc_example(ckpt_dir)
     with h5py.File(path, "r+") as f:

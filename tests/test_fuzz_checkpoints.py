@@ -2,17 +2,21 @@
 
 Mutations: bit flips, truncation, bytes overwritten, and rewrites with h5py
 (attributes, metadata datasets, links, external storage, deleted objects).
-Each case goes through ``read_metadata``, ``checkpoints()`` (what ``expman
-show`` lists), ``restore_latest`` and ``load``. Whatever the file, a reader
+Each case's files are strangers' files (copies), so HDF5 meets them first in
+the sandbox's helper process; each case goes through ``read_metadata``,
+``checkpoints()``, ``restore_latest``, ``load`` and ``expman show`` (its
+``main()``, in this process). Whatever the file, a reader
 raises only expman exceptions, with a one-line message, never hangs (an alarm
 fails the case after 20 s; a watchdog ends the process after 60 s), never
-crashes (``make fuzz`` runs it in a child process and checks its exit status),
+crashes (``make fuzz`` runs it in child processes, in shards, and checks their
+exit status),
 and never returns a byte of the secret file that the mutations point links and
 external storage at.
 
-``make test`` runs a short run (EXPMAN_FUZZ_EXAMPLES, 150 by default);
-``make fuzz`` a long one (docs/development.md, "Fuzzing"), which keeps the
-count of cases run in EXPMAN_FUZZ_PROGRESS.
+``make test`` runs a short run (EXPMAN_FUZZ_EXAMPLES, 70 by default: as long as
+150 cases took before each case also ran ``expman show`` and the helper);
+``make fuzz`` a long one (docs/development.md, "Fuzzing"): one pytest process
+per shard, each keeping the count of cases it ran in EXPMAN_FUZZ_PROGRESS.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from expman import ArchitectureMismatchError, CheckpointManager, ExpmanError, read_metadata
+from tests.cli import expman_in_process
+from tests.conftest import make_repository
 from tests.hostile_checkpoints import SECRET, state
 
-EXAMPLES = int(os.environ.get("EXPMAN_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("EXPMAN_FUZZ_EXAMPLES", "70"))
 # make fuzz: where the number of cases run so far, and the case running, are kept.
 PROGRESS = os.environ.get("EXPMAN_FUZZ_PROGRESS")
 _cases = [0]
@@ -94,6 +100,15 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with the experiment ``base``; each case's files are its checkpoints."""
+    repo = make_repository(tmp_path_factory.mktemp("fuzz-repo") / "repo")
+    created = expman_in_process(repo, "new", "base")
+    assert created.returncode == 0, created.stderr
+    return repo
+
+
 @pytest.fixture
 def alarm() -> Iterator[None]:
     def timeout(signum: int, frame: object) -> None:
@@ -149,6 +164,20 @@ def apply_h5(path: Path, edit: tuple[Any, ...], secret: Path, secret_h5: Path) -
             h5py.h5d.create(f.id, name.encode(), kind_id, space, dcpl=plist)
 
 
+def apply_edits(path: Path, edits: list[tuple[Any, ...]], secret: Path, secret_h5: Path) -> None:
+    """Damage ``path`` as a fuzzer case does (``secret``: what links and storage point at)."""
+    # h5py rewrites first, on a valid file: h5py writing into a file whose bytes are
+    # already damaged can crash the fuzzer itself, which is not what is tested here.
+    for edit in sorted(edits, key=lambda e: e[0] in ("flip", "truncate", "overwrite")):
+        try:
+            if edit[0] in ("flip", "truncate", "overwrite"):
+                apply_bytes(path, edit)
+            else:
+                apply_h5(path, edit, secret, secret_h5)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError):
+            break  # h5py could not make this edit (the file is already damaged)
+
+
 def leaked(value: Any) -> bool:
     """Whether a value read from a checkpoint holds any of the secret's bytes."""
     if isinstance(value, np.ndarray):
@@ -177,6 +206,17 @@ def read_everything(directory: Path, path: Path) -> None:
     assert not [m for m in one_line if "\n" in m]
 
 
+def show(repo: Path) -> None:
+    """``expman show base``: every checkpoint on one line (DAMAGED and why, if it is)."""
+    shown = expman_in_process(repo, "show", "base")
+    assert (shown.returncode, shown.stderr) == (0, ""), shown
+    lines = shown.stdout.splitlines()
+    listing = lines[lines.index(next(l for l in lines if l.startswith("  checkpoints:"))) + 1 :]
+    listing = listing[: listing.index("  params:")]
+    assert listing and all(line.startswith("    step ") for line in listing), shown.stdout
+    assert not leaked(shown.stdout)
+
+
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -185,11 +225,12 @@ def read_everything(directory: Path, path: Path) -> None:
 )
 @given(edits=st.lists(st.one_of(byte_edits, h5_edits), min_size=1, max_size=4))
 def test_mutated_checkpoints_give_only_expman_errors(
-    edits: list[tuple[Any, ...]], original: Path, tmp_path: Path, alarm: None
+    edits: list[tuple[Any, ...]], original: Path, experiment: Path, tmp_path: Path, alarm: None
 ) -> None:
     case = tmp_path / f"case-{os.getpid()}-{id(edits)}"
-    directory = case / "model_dir"
-    shutil.copytree(original, directory)
+    directory = experiment / ".expman" / "checkpoints" / "base"
+    shutil.copytree(original, directory)  # copies: strangers' files
+    case.mkdir()
     secret = case / "token.txt"
     secret.write_text(SECRET)
     secret_h5 = case / "secret.h5"
@@ -204,20 +245,13 @@ def test_mutated_checkpoints_give_only_expman_errors(
     # whole process with every thread's stack, a failure rather than a hang.
     faulthandler.dump_traceback_later(60, exit=True)
     try:
-        # h5py rewrites first, on a valid file: h5py writing into a file whose bytes are
-        # already damaged can crash the fuzzer itself, which is not what is tested here.
-        for edit in sorted(edits, key=lambda e: e[0] in ("flip", "truncate", "overwrite")):
-            try:
-                if edit[0] in ("flip", "truncate", "overwrite"):
-                    apply_bytes(path, edit)
-                else:
-                    apply_h5(path, edit, secret, secret_h5)
-            except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError):
-                break  # h5py could not make this edit (the file is already damaged)
+        apply_edits(path, edits, secret, secret_h5)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             read_everything(directory, path)
+            show(experiment)
     finally:
         signal.alarm(0)
         faulthandler.cancel_dump_traceback_later()
         shutil.rmtree(case, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)

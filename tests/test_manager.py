@@ -472,3 +472,24 @@ def test_the_metadata_a_save_remembers_is_what_the_file_holds(ckpt_dir: Path) ->
     remembered = writer.metadata()
     assert remembered == CheckpointManager(ckpt_dir).metadata()
     assert remembered.path == ckpt_dir / "ckpt-000003.h5"
+
+
+def test_a_required_restore_from_an_empty_directory_raises_instead_of_starting_over(
+    tmp_path: Path,
+) -> None:
+    """A mistyped checkpoint directory must not quietly train from scratch."""
+    written = CheckpointManager(tmp_path / "run")
+    written.save(7, estimator_state(), force=True)
+    written.close()
+
+    typo = CheckpointManager(tmp_path / "rnu")
+    state = zeros_like_state(estimator_state())
+    with pytest.raises(CheckpointNotFoundError) as raised:
+        typo.restore_latest(into=state, required=True)
+    assert str(raised.value) == (
+        f"no checkpoint to restore in {tmp_path / 'rnu'} (required=True): check that this is "
+        "the run's checkpoint directory, or start from scratch without required"
+    )
+    assert typo.restore_latest(into=state) == 0  # without required: a fresh start, as before
+    typo.close()
+    assert CheckpointManager(tmp_path / "run").restore(into=state, required=True) == 7

@@ -18,6 +18,7 @@ else:
 
 import h5py
 
+import expman
 import expman.torch as et
 from expman import ArchitectureMismatchError, CheckpointManager, PartialRestoreWarning
 
@@ -249,3 +250,13 @@ def test_the_torch_template_trains_and_resumes_through_the_cli(tmp_path: Path) -
     assert accuracy > 0.9  # two moons are easy for an MLP; chance is 0.5
     steps = sorted(p.name for p in (project / ".expman/checkpoints/base").glob("ckpt-*.h5"))
     assert steps == ["ckpt-000001.h5", "ckpt-000100.h5", "ckpt-000200.h5"]
+
+
+def test_a_required_torch_restore_with_no_checkpoint_raises_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    model = Net()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(expman.CheckpointNotFoundError, match=r"^no checkpoint to restore in "):
+        et.restore(CheckpointManager(tmp_path / "empty"), model, required=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

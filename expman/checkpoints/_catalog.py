@@ -27,6 +27,7 @@ from expman._errors import (
 )
 from expman.checkpoints._durable import fsync_directory, phase, write_text_atomically
 from expman.checkpoints._layout import checkpoint_filename, step_of_filename
+from expman.checkpoints._sandbox import stat_key, vouch
 
 if TYPE_CHECKING:
     from expman.checkpoints._format import CheckpointMetadata
@@ -137,7 +138,7 @@ class CheckpointDirectory:
                 f"cannot read checkpoint {path} ({error.strerror or error}): "
                 "check that it is readable, or move it away"
             ) from error
-        key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        key = (str(path), *stat_key(info))
         if key not in self._metadata:
             # Imported here: h5py and numpy take ~0.2 s to import, and listing
             # steps or pins (as the CLI does) must not pay for them.
@@ -153,13 +154,17 @@ class CheckpointDirectory:
         return cached
 
     def remember(self, metadata: CheckpointMetadata) -> None:
-        """Cache the metadata of a checkpoint this process just wrote (no need to read it)."""
+        """Cache the metadata of a checkpoint this process just wrote (no need to read it).
+
+        The file is known sound from then on, while it is unchanged: reading it
+        needs no check in the sandbox's helper process (``_sandbox``).
+        """
         try:
             info = metadata.path.stat()
         except OSError:  # read it later, if it is still there
             return
-        key = (str(metadata.path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        self._metadata[key] = metadata
+        vouch(info)  # HDF5 may parse it in this process while it is unchanged
+        self._metadata[(str(metadata.path), *stat_key(info))] = metadata
 
     def infos(self) -> list[CheckpointInfo]:
         pinned = self.pinned_steps()

@@ -6,15 +6,16 @@ specifies the layout; ``tests/test_format.py`` checks written files against it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -30,6 +31,7 @@ from expman._version import __version__
 from expman.checkpoints._architecture import Architecture, TensorSpec
 from expman.checkpoints._durable import allocate, phase, reserve_space
 from expman.checkpoints._layout import tensor_path
+from expman.checkpoints._sandbox import examine, is_sound, stat_key
 from expman.checkpoints._state import Bits, Leaf, LeafKind
 from expman.checkpoints._validate import (
     META_DATASETS,
@@ -56,6 +58,7 @@ __all__ = [
     "CheckpointMetadata",
     "TensorRecord",
     "checksum",
+    "examine_here",
     "read_metadata",
     "read_tensors",
     "tensor_path",
@@ -68,6 +71,23 @@ FORMAT_VERSION = 1
 CHECKSUM_ALGORITHM = "xxh3-64"
 _COMPRESSIONS = ("gzip", "lzf")
 _READ_CHUNK = 16 * 2**20
+# A value up to this size is hashed on the caller's thread: handing it to the
+# hasher thread (a future, a queue entry, a wake-up) costs more than xxh3 does.
+_INLINE_HASH_BYTES = 2**20
+
+
+class _Checksum(Protocol):
+    def result(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """A checksum computed on the caller's thread, read like a hasher's future."""
+
+    value: str
+
+    def result(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -230,13 +250,23 @@ def _end_of_file(path: Path) -> int:
     return int.from_bytes(superblock[40:48], "little")
 
 
-def _checksums(hasher: ThreadPoolExecutor, leaves: Sequence[Leaf]) -> list[Future[str]]:
-    """Each leaf's checksum, computed once for tied leaves (``same_as``)."""
-    futures: dict[str, Future[str]] = {}
+def _checksums(hasher: ThreadPoolExecutor, leaves: Sequence[Leaf]) -> list[_Checksum]:
+    """Each leaf's checksum, computed once for tied leaves (``same_as``).
+
+    Large values are hashed on ``hasher`` while this thread writes; small ones
+    right here (see ``_INLINE_HASH_BYTES``).
+    """
+    futures: dict[str, _Checksum] = {}
     for leaf in leaves:
         shared = futures.get(leaf.same_as) if leaf.same_as else None
-        futures[leaf.name] = shared or hasher.submit(checksum, leaf.value)
+        futures[leaf.name] = shared or _checksum_of(hasher, leaf.value)
     return [futures[leaf.name] for leaf in leaves]
+
+
+def _checksum_of(hasher: ThreadPoolExecutor, value: np.ndarray[Any, Any] | str) -> _Checksum:
+    if isinstance(value, str) or value.nbytes <= _INLINE_HASH_BYTES:
+        return _Computed(checksum(value))
+    return hasher.submit(checksum, value)
 
 
 def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> None:
@@ -307,6 +337,8 @@ def read_metadata(path: Path) -> CheckpointMetadata:
     """
     fd, info = open_regular_file(path)
     try:
+        if not is_sound(info):  # a stranger's file: HDF5 parses it first in the helper
+            return _metadata_from_json(path, examine(path, info))
         with _open(path, info) as f:
             return _metadata(path, f, fd, info)
     finally:
@@ -336,6 +368,62 @@ def validate_checkpoint(path: Path) -> CheckpointMetadata:
     finally:
         os.close(fd)
     return metadata
+
+
+def examine_here(path: Path) -> dict[str, Any]:
+    """What the sandbox's helper runs: every check of a read but reading tensor bytes.
+
+    Returns the file's stat identity and metadata as JSON. Each tensor
+    dataset is opened and checked as a read would check it, so that HDF5 has
+    parsed every object a later read opens; a tensor that fails its check
+    fails when it is read, as without the helper.
+    """
+    fd, info = open_regular_file(path)
+    try:
+        with _open(path, info) as f:
+            metadata = _metadata(path, f, fd, info)
+            specs = metadata.architecture.by_name()
+            for record in metadata.tensors:
+                with contextlib.suppress(CheckpointError, *_READ_ERRORS):
+                    checked_tensor_dataset(
+                        path, f, record.path, record.kind, specs[record.name], info.st_size, fd
+                    )
+    finally:
+        os.close(fd)
+    return {"stat": list(stat_key(info)), "metadata": _metadata_to_json(metadata)}
+
+
+def _metadata_to_json(metadata: CheckpointMetadata) -> dict[str, Any]:
+    return {
+        "format_version": metadata.format_version,
+        "step": metadata.step,
+        "wall_time": metadata.wall_time,
+        "metrics": dict(metadata.metrics),
+        "params": dict(metadata.params),
+        "architecture": metadata.architecture.to_json(),
+        "experiment": metadata.experiment,
+        "code_commit": metadata.code_commit,
+        "versions": dict(metadata.versions),
+        "tensors": [[t.name, t.path, t.kind, t.checksum] for t in metadata.tensors],
+        "size": metadata.size,
+    }
+
+
+def _metadata_from_json(path: Path, data: Mapping[str, Any]) -> CheckpointMetadata:
+    return CheckpointMetadata(
+        path=path,
+        format_version=data["format_version"],
+        step=data["step"],
+        wall_time=data["wall_time"],
+        metrics=data["metrics"],
+        params=data["params"],
+        architecture=Architecture.from_json(data["architecture"]),
+        experiment=data["experiment"],
+        code_commit=data["code_commit"],
+        versions=data["versions"],
+        tensors=tuple(TensorRecord(*t) for t in data["tensors"]),
+        size=data["size"],
+    )
 
 
 def _open(path: Path, info: os.stat_result) -> h5py.File:
@@ -438,6 +526,8 @@ def read_tensors(
     path = metadata.path
     fd, info = open_regular_file(path)
     try:
+        if not is_sound(info):  # changed since its metadata was read: a stranger again
+            examine(path, info)
         with (
             _open(path, info) as f,
             ThreadPoolExecutor(1, thread_name_prefix="expman-checksum") as hasher,
@@ -447,7 +537,7 @@ def read_tensors(
                     f"{path} changed after its metadata was read: read it again"
                 )
             datasets = _checked_datasets(f, metadata, names, fd, info.st_size)
-            read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]] = []
+            read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]] = []
             for name in names:
                 record = records[name]
                 try:
@@ -493,7 +583,7 @@ def _unreadable(path: Path, name: str, error: BaseException) -> CheckpointCorrup
 
 def _verified(
     path: Path,
-    read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, Future[str]]],
+    read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]],
     specs: Mapping[str, TensorSpec],
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
@@ -518,18 +608,18 @@ def _read_value(
     hasher: ThreadPoolExecutor,
     record: TensorRecord,
     destination: Any,
-) -> tuple[np.ndarray[Any, Any] | str, Future[str]]:
-    """Read one checked tensor; its checksum is computed on ``hasher`` meanwhile."""
+) -> tuple[np.ndarray[Any, Any] | str, _Checksum]:
+    """Read one checked tensor; a large one's checksum is computed on ``hasher`` meanwhile."""
     if record.kind == "str":
         assert storage.dataset is not None
         text = str(storage.dataset.asstr()[()])
-        return text, hasher.submit(checksum, text)
+        return text, _Computed(checksum(text))
     return _read_array(storage, fd, hasher, destination)
 
 
 def _read_array(
     storage: TensorStorage, fd: int, hasher: ThreadPoolExecutor, destination: Any
-) -> tuple[np.ndarray[Any, Any], Future[str]]:
+) -> tuple[np.ndarray[Any, Any], _Checksum]:
     """Read into ``destination`` when it fits, hashing each chunk as the next is read.
 
     A contiguous, native-order dataset is read straight from its file offset
@@ -544,6 +634,12 @@ def _read_array(
     )
     target = destination if fits else np.empty(storage.shape, storage.dtype)
     data = target.reshape(-1).view(np.uint8).data
+    if data.nbytes <= _INLINE_HASH_BYTES:
+        if data.nbytes and storage.offset is not None:
+            _read_exactly(fd, data, storage.offset)
+        elif data.nbytes and storage.dataset is not None:
+            storage.dataset.read_direct(target)
+        return target, _Computed(f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_64_hexdigest(data)}")
     state = xxhash.xxh3_64()
     if data.nbytes and storage.offset is not None:
         for start in range(0, data.nbytes, _READ_CHUNK):

@@ -427,6 +427,7 @@ class CheckpointManager:
         *,
         step: int | None = None,
         partial: bool | None = None,
+        required: bool = False,
     ) -> int:
         """Fill ``into`` from a checkpoint (the latest by default); return its step.
 
@@ -443,6 +444,9 @@ class CheckpointManager:
                 initialised, and warn (:class:`PartialRestoreWarning`) with a
                 report of what was skipped (also in :attr:`last_restore`).
                 None: False, unless ``expman run --partial`` started the process.
+            required: raise :class:`CheckpointNotFoundError` instead of
+                returning 0 when there is no checkpoint (a resume that must
+                not quietly start from scratch, e.g. from a mistyped directory).
 
         Under ``expman run --from-checkpoint OTHER``, a directory with no
         checkpoint yet restores from the other experiment's checkpoint instead
@@ -450,7 +454,8 @@ class CheckpointManager:
 
         Raises:
             ArchitectureMismatchError: the tensors differ (and ``partial`` is False).
-            CheckpointNotFoundError: ``step`` has no checkpoint.
+            CheckpointNotFoundError: ``step`` has no checkpoint, or there is
+                none and ``required``.
             CheckpointCorruptError: the file is damaged; the model may be partly
                 filled and should be rebuilt.
             CheckpointFormatError: the file is not an expman checkpoint, or too new.
@@ -458,16 +463,29 @@ class CheckpointManager:
         Example:
             >>> start = ckpts.restore(into=state)  # doctest: +SKIP
         """
-        return self._restore(into, step, partial)
+        return self._restore(into, step, partial, required)
 
-    def restore_latest(self, into: MutableMapping[str, Any], *, partial: bool | None = None) -> int:
-        """Fill ``into`` from the latest checkpoint; return its step (0 if none)."""
-        return self._restore(into, None, partial)
+    def restore_latest(
+        self,
+        into: MutableMapping[str, Any],
+        *,
+        partial: bool | None = None,
+        required: bool = False,
+    ) -> int:
+        """Fill ``into`` from the latest checkpoint; return its step (0 if none).
+
+        ``partial`` and ``required`` as for :meth:`restore`.
+        """
+        return self._restore(into, None, partial, required)
 
     def _restore(
-        self, into: MutableMapping[str, Any], step: int | None, partial: bool | None
+        self,
+        into: MutableMapping[str, Any],
+        step: int | None,
+        partial: bool | None,
+        required: bool,
     ) -> int:
-        meta = self.checkpoint_for_restore(step)
+        meta = self.checkpoint_for_restore(step, required=required)
         if meta is None:
             self.last_restore = None
             return 0
@@ -481,16 +499,24 @@ class CheckpointManager:
         self.report_restore(meta, diff, stacklevel=4)
         return meta.step
 
-    def checkpoint_for_restore(self, step: int | None = None) -> CheckpointMetadata | None:
+    def checkpoint_for_restore(
+        self, step: int | None = None, *, required: bool = False
+    ) -> CheckpointMetadata | None:
         """The checkpoint a restore would read (its metadata), or None if there is none.
 
         The latest checkpoint, or ``step``; under ``expman run --from-checkpoint``,
-        the other experiment's checkpoint while this directory has none.
+        the other experiment's checkpoint while this directory has none. With
+        ``required``, no checkpoint raises :class:`CheckpointNotFoundError`.
         """
         self._raise_background_error()
         path = self._find(step)
         if path is None and step is None and self._warm_start is not None:
             path = self._warm_start
+        if path is None and required:
+            raise CheckpointNotFoundError(
+                f"no checkpoint to restore in {self.directory} (required=True): check that "
+                "this is the run's checkpoint directory, or start from scratch without required"
+            )
         return None if path is None else self._catalog.metadata(path)
 
     def check_architecture(

@@ -91,7 +91,8 @@ def compare_experiments(
     """Compare two or more experiments (``NAME`` or ``NAME@RUN``)."""
     if len(specs) < 2:
         raise UsageError(
-            "compare needs at least two experiments: expman compare base wide [more ...]"
+            "compare needs two or more experiments or runs: expman compare base wide, "
+            "or the runs of one experiment: expman compare base@1 base@2"
         )
     variants = tuple(_variant(ws, spec) for spec in specs)
     params = _params_table([v.params for v in variants])

@@ -140,6 +140,7 @@ def restore(
     step: int | None = None,
     partial: bool | None = None,
     rng: bool = True,
+    required: bool = False,
 ) -> int:
     """Restore the latest checkpoint (or ``step``) into the model and everything beside it.
 
@@ -156,7 +157,9 @@ def restore(
     Tensors are restored onto their own device and layout (CPU contiguous
     tensors are read straight from the file). ``extra`` maps names to objects
     with ``state_dict()``/``load_state_dict()``, ``torch.Generator`` objects
-    or dicts (restored in place). Returns the step, or 0 with no checkpoint.
+    or dicts (restored in place). Returns the step, or 0 with no checkpoint;
+    with ``required``, no checkpoint raises :class:`CheckpointNotFoundError`
+    (a resume that must not quietly start from scratch).
     """
     return _restore.restore(
         manager,
@@ -167,6 +170,7 @@ def restore(
         step=step,
         partial=partial,
         rng=rng,
+        required=required,
     )
 
 

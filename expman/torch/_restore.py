@@ -69,8 +69,9 @@ def restore(
     step: int | None,
     partial: bool | None,
     rng: bool,
+    required: bool,
 ) -> int:
-    meta = manager.checkpoint_for_restore(step)
+    meta = manager.checkpoint_for_restore(step, required=required)
     if meta is None:
         return 0
     partial = manager.partial_by_default if partial is None else partial
