@@ -149,6 +149,10 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
     """A checkpoint for this step is already committed; it is never overwritten."""
 
 
+CHECKPOINT_REMEDY = "restore another step, or move the file away"
+"""What a message about a damaged or refused checkpoint file ends with."""
+
+
 class CheckpointCorruptError(CheckpointError):
     """A checkpoint file is truncated, not HDF5, or fails its checksum."""
 

@@ -34,7 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from expman import ArchitectureMismatchError, CheckpointManager, ExpmanError, read_metadata
@@ -202,8 +202,18 @@ def read_everything(directory: Path, path: Path) -> None:
         except ExpmanError as error:
             outcomes.append(str(error))
             one_line.append(str(error))
+            event(_outcome(error))
     assert not any(leaked(o) for o in outcomes), outcomes
     assert not [m for m in one_line if "\n" in m]
+
+
+def _outcome(error: ExpmanError) -> str:
+    """How a read failed, for the run's statistics (--hypothesis-show-statistics)."""
+    if "did not finish parsing" in str(error):
+        return "HDF5 looped: the helper was stopped at its time limit"
+    if "crashed parsing" in str(error):
+        return "HDF5 crashed: in the helper"
+    return type(error).__name__
 
 
 def show(repo: Path) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import xxhash
 
 from expman._errors import (
+    CHECKPOINT_REMEDY,
     CheckpointCorruptError,
     CheckpointError,
     CheckpointFormatError,
@@ -431,8 +432,7 @@ def _open(path: Path, info: os.stat_result) -> h5py.File:
         f = h5py.File(path, "r")
     except (OSError, RuntimeError, ValueError) as error:
         raise CheckpointCorruptError(
-            f"{path} is truncated or damaged ({_first_line(error)}): "
-            "restore another step, or move the file away"
+            f"{path} is truncated or damaged ({_first_line(error)}): {CHECKPOINT_REMEDY}"
         ) from error
     try:
         check_same_file(path, f, info)
@@ -576,8 +576,7 @@ def _checked_datasets(
 
 def _unreadable(path: Path, name: str, error: BaseException) -> CheckpointCorruptError:
     return CheckpointCorruptError(
-        f"{path} cannot be read at tensor {name!r} ({_first_line(error)}): "
-        "restore another step, or move the file away"
+        f"{path} cannot be read at tensor {name!r} ({_first_line(error)}): {CHECKPOINT_REMEDY}"
     )
 
 
@@ -592,8 +591,7 @@ def _verified(
         if found != record.checksum:
             raise CheckpointCorruptError(
                 f"{path} is corrupt: tensor {record.name!r} fails its checksum (recorded "
-                f"{record.checksum}, found {found}): restore another step, or move the "
-                "file away"
+                f"{record.checksum}, found {found}): {CHECKPOINT_REMEDY}"
             )
         try:
             result[record.name] = _as_kind(value, record.kind, specs[record.name].dtype)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from expman._errors import (
+    CHECKPOINT_REMEDY,
     CheckpointCorruptError,
     CheckpointError,
     CheckpointFormatError,
@@ -56,7 +57,6 @@ DEFAULT_TIME_LIMIT = 10.0
 """Seconds HDF5 may take to parse one file in the helper (``EXPMAN_HDF5_TIME_LIMIT``)."""
 
 _START_LIMIT = 120.0  # for the helper to import h5py: not the file's fault if it is slow
-_REMEDY = "restore another step, or move the file away"
 _ERRORS: dict[str, type[CheckpointError]] = {
     cls.__name__: cls
     for cls in (
@@ -160,7 +160,7 @@ def _ask(path: Path, limit: float) -> dict[str, Any]:
         detail = f"HDF5 stopped parsing it: the checking process exited with {helper.returncode}"
     return {
         "error": "CheckpointCorruptError",
-        "message": f"{path} is truncated or damaged ({detail}): {_REMEDY}",
+        "message": f"{path} is truncated or damaged ({detail}): {CHECKPOINT_REMEDY}",
     }
 
 

@@ -25,7 +25,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from expman._errors import CheckpointCorruptError, CheckpointFormatError, CheckpointReadError
+from expman._errors import (
+    CHECKPOINT_REMEDY,
+    CheckpointCorruptError,
+    CheckpointFormatError,
+    CheckpointReadError,
+)
 from expman.checkpoints._architecture import Architecture, TensorSpec
 from expman.checkpoints._layout import step_of_filename, tensor_path
 
@@ -72,17 +77,18 @@ MAX_EXPANSION = 1032
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _CHECKSUM = re.compile(r"^xxh3-64:[0-9a-f]{16}$")
 _DTYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_REMEDY = "restore another step, or move the file away"
 
 
 def refused(path: Path, detail: str) -> CheckpointFormatError:
     """The error for a file whose structure the format does not allow."""
-    return CheckpointFormatError(f"{path} breaks the checkpoint format ({detail}): {_REMEDY}")
+    return CheckpointFormatError(
+        f"{path} breaks the checkpoint format ({detail}): {CHECKPOINT_REMEDY}"
+    )
 
 
 def damaged(path: Path, detail: str) -> CheckpointCorruptError:
     """The error for a file whose metadata cannot be parsed or is inconsistent."""
-    return CheckpointCorruptError(f"{path} has damaged metadata ({detail}): {_REMEDY}")
+    return CheckpointCorruptError(f"{path} has damaged metadata ({detail}): {CHECKPOINT_REMEDY}")
 
 
 # -- the file itself -------------------------------------------------------------
@@ -116,7 +122,7 @@ def open_regular_file(path: Path) -> tuple[int, os.stat_result]:
             ) from error
         if signature != HDF5_SIGNATURE:
             raise CheckpointCorruptError(
-                f"{path} is not an HDF5 file (damaged, or not a checkpoint): {_REMEDY}"
+                f"{path} is not an HDF5 file (damaged, or not a checkpoint): {CHECKPOINT_REMEDY}"
             )
     except BaseException:
         os.close(fd)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from expman._errors import (
+    CHECKPOINT_REMEDY,
     CheckpointError,
     ExperimentNotFoundError,
     RemoteIntegrityError,
@@ -282,8 +283,11 @@ def _validate(path: Path, what: str) -> None:
     try:
         validate_checkpoint(path)
     except CheckpointError as error:
+        # The engine's message names the download's temporary file and how to go on
+        # from a local damaged file; neither helps here.
+        reason = str(error).replace(str(path), "it", 1).removesuffix(f": {CHECKPOINT_REMEDY}")
         raise RemoteIntegrityError(
-            f"{what} matches its digest but is not a valid checkpoint ({error}); it was not used"
+            f"{what} matches its digest but is not a valid checkpoint: {reason}; it was not used"
         ) from error
 
 
