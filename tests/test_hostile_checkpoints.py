@@ -9,13 +9,16 @@ through every read path: ``read_metadata``, ``checkpoints()``, ``restore_latest`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import socket
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -27,6 +30,7 @@ from expman import (
     CheckpointManager,
     CheckpointReadError,
     CheckpointSkippedWarning,
+    ExpmanError,
     read_metadata,
 )
 from expman.checkpoints._format import validate_checkpoint
@@ -230,3 +234,69 @@ def test_a_file_removed_between_listing_and_reading_is_skipped(three_steps: Path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CheckpointIndexWarning)
         assert [c.step for c in manager.checkpoints()] == [1, 2]
+
+
+def _as_another_user(reads: dict[str, Any]) -> dict[str, list[str]]:
+    """Each read's outcome, in a forked child that runs as nobody when the tests run as root.
+
+    Root reads any file whatever its mode, so only another user meets a mode-000
+    file as a user does.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            outcomes: dict[str, list[str]] = {}
+            warnings.simplefilter("ignore")
+            for label, read in reads.items():
+                try:
+                    outcomes[label] = ["returned", repr(read())]
+                except ExpmanError as error:
+                    outcomes[label] = [type(error).__name__, str(error)]
+                except BaseException as error:
+                    outcomes[label] = [f"raw {type(error).__name__}", str(error)]
+            os.write(write_end, json.dumps(outcomes).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        data = answer.read()
+    os.waitpid(pid, 0)
+    result: dict[str, list[str]] = json.loads(data)
+    return result
+
+
+def test_a_mode_000_checkpoint_is_a_read_error_on_every_path(tmp_path: Path) -> None:
+    shared = Path(tempfile.mkdtemp())  # traversable by another user, unlike tmp_path
+    try:
+        shared.chmod(0o755)
+        directory = shared / "model_dir"
+        with CheckpointManager(directory) as manager:
+            for step in (1, 2, 3):
+                manager.save(step, state(step), force=True)
+        locked = directory / "ckpt-000003.h5"
+        locked.chmod(0)
+        message = (
+            f"cannot read checkpoint {locked} (Permission denied): check that it exists and "
+            "is readable, or move it away"
+        )
+        outcomes = _as_another_user(
+            {
+                "read_metadata": lambda: read_metadata(locked),
+                "restore_latest": lambda: CheckpointManager(directory).restore_latest(state(0)),
+                "checkpoints": lambda: [
+                    (c.step, c.error) for c in CheckpointManager(directory).checkpoints()
+                ],
+            }
+        )
+        assert outcomes == {
+            "read_metadata": ["CheckpointReadError", message],
+            "restore_latest": ["CheckpointReadError", message],  # never a silent step 2
+            "checkpoints": ["returned", repr([(1, None), (2, None), (3, message)])],
+        }
+    finally:
+        shutil.rmtree(shared)

@@ -22,7 +22,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from expman import CheckpointCorruptError, CheckpointManager, read_metadata
+from expman import CheckpointCorruptError, CheckpointManager, CheckpointReadError, read_metadata
+from expman.checkpoints import _sandbox
 from tests.cli import expman
 from tests.hostile_checkpoints import SECRET, state
 from tests.test_fuzz_checkpoints import apply_bytes, apply_edits
@@ -222,3 +223,22 @@ def test_expman_show_and_run_with_a_file_hdf5_loops_on(workspace: Path, tmp_path
     assert ran.returncode == 8, ran.stderr
     assert f"expman: error: {timed_out(path)}" in ran.stderr.splitlines()
     assert "Traceback" not in ran.stderr
+
+
+def test_a_helper_that_cannot_start_is_one_expman_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interpreter gone (a removed virtualenv) or no process slot left: one line."""
+    path = fuzzer_original(tmp_path / "model_dir")
+    stranger = tmp_path / "copy" / path.name
+    stranger.parent.mkdir()
+    shutil.copy(path, stranger)
+    _sandbox._stop()  # no helper running: the next stranger's file starts one
+    missing = tmp_path / "removed-venv" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(missing))
+    with pytest.raises(CheckpointReadError) as caught:
+        read_metadata(stranger)
+    assert str(caught.value) == (
+        f"cannot check checkpoint files: the checking process ({missing}) could not start "
+        "(No such file or directory): check that this Python can run it, then retry"
+    )

@@ -183,13 +183,20 @@ class _Helper:
     def __init__(self) -> None:
         root = str(Path(__file__).resolve().parents[2])
         debug = os.environ.get("EXPMAN_DEBUG") == "1"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, root],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None if debug else subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C reaches this process, which stops the helper
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, root],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None if debug else subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C reaches this process, which stops the helper
+            )
+        except OSError as error:  # not executable, no memory, no process slot, ...
+            raise CheckpointReadError(
+                f"cannot check checkpoint files: the checking process ({sys.executable}) "
+                f"could not start ({error.strerror or error}): check that this Python can "
+                "run it, then retry"
+            ) from error
         self.returncode: int | None = None
         self._buffer = b""
         ready = self._line(_START_LIMIT)
