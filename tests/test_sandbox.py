@@ -242,3 +242,19 @@ def test_a_helper_that_cannot_start_is_one_expman_error(
         f"cannot check checkpoint files: the checking process ({missing}) could not start "
         "(No such file or directory): check that this Python can run it, then retry"
     )
+
+
+def test_the_helper_never_imports_the_users_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training repository's own module names (here h5py.py) do not shadow the helper's."""
+    path = fuzzer_original(tmp_path / "model_dir")
+    stranger = tmp_path / "copy" / path.name
+    stranger.parent.mkdir()
+    shutil.copy(path, stranger)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "h5py.py").write_text("raise ImportError('the project\\'s own h5py.py')\n")
+    monkeypatch.chdir(project)  # expman run starts the training script in its worktree
+    _sandbox._stop()
+    assert read_metadata(stranger).step == 2

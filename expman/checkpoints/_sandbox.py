@@ -185,7 +185,9 @@ class _Helper:
         debug = os.environ.get("EXPMAN_DEBUG") == "1"
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, root],
+                # -P: not the working directory first on sys.path, where a training
+                # repository's own modules (a data.py, an h5py.py) would shadow the helper's
+                [sys.executable, "-P", "-c", _BOOT, root],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=None if debug else subprocess.DEVNULL,
