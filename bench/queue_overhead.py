@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench._repo import init_repository
 from bench._timing import table, timed
 
 CONFIG = """\
@@ -28,10 +29,6 @@ command = "python -c pass"
 [params]
 i = 0
 """
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
 def main() -> None:
@@ -49,13 +46,7 @@ def main() -> None:
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="expman-bench-") as scratch:
         repo = Path(scratch)
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "config", "user.name", "Bench")
-        git(repo, "config", "user.email", "bench@example.com")
-        (repo / "expman.toml").write_text(CONFIG)
-        (repo / ".gitignore").write_text("/.expman/\n")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", "bench")
+        init_repository(repo, CONFIG)
 
         def call(*command: str) -> None:
             subprocess.run(command, cwd=repo, check=True, capture_output=True)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench._repo import init_repository
 from bench._timing import median, table, timed
 
 CONFIG = """\
@@ -36,24 +37,13 @@ steps = 1
 """
 
 
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
 def make_repository(repo: Path, expman: str) -> None:
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.name", "Bench")
-    git(repo, "config", "user.email", "bench@example.com")
-    (repo / "expman.toml").write_text(CONFIG)
-    (repo / ".gitignore").write_text("/.expman/\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "bench")
+    init_repository(repo, CONFIG)
     subprocess.run([expman, "new", "base"], cwd=repo, check=True, capture_output=True)
     subprocess.run([expman, "run", "base"], cwd=repo, check=True, capture_output=True)
 
