@@ -40,6 +40,7 @@ import numpy as np
 import expman
 from bench._timing import fsync_path, median, settled, table
 from expman import CheckpointManager, CheckpointPolicy
+from expman.checkpoints._format import PACK_MAX_BYTES
 
 POLICY = CheckpointPolicy(keep_max=None)
 
@@ -112,14 +113,17 @@ def safetensors_save(path: Path, state: dict[str, np.ndarray[Any, Any]]) -> None
     fsync_path(path)
 
 
-def run(size_mib: int, tensors: int, repeats: int, directory: Path) -> dict[str, list[float]]:
+def run(
+    size_mib: int, tensors: int, repeats: int, directory: Path, pack_max_bytes: int
+) -> dict[str, list[float]]:
     state = make_state(size_mib, tensors)
     blank = {name: np.empty_like(a) for name, a in state.items()}
     samples: dict[str, list[float]] = {}
     for repeat in range(repeats):
         work = directory / f"r{repeat}"
         work.mkdir()
-        for name, seconds in one_repeat(work, state, blank, reverse=repeat % 2 == 1):
+        reverse = repeat % 2 == 1
+        for name, seconds in one_repeat(work, state, blank, reverse, pack_max_bytes):
             samples.setdefault(name, []).append(seconds)
         shutil.rmtree(work)
     return samples
@@ -130,11 +134,14 @@ def one_repeat(
     state: dict[str, np.ndarray[Any, Any]],
     blank: dict[str, np.ndarray[Any, Any]],
     reverse: bool,
+    pack_max_bytes: int,
 ) -> list[tuple[str, float]]:
     """One timing of every operation; ``reverse`` flips the order within each group."""
     raw_path, npz_path, st_path = work / "raw.bin", work / "state.npz", work / "st.safetensors"
-    sync = CheckpointManager(work / "sync", policy=POLICY)
-    background = CheckpointManager(work / "async", policy=POLICY, async_save=True)
+    sync = CheckpointManager(work / "sync", policy=POLICY, pack_max_bytes=pack_max_bytes)
+    background = CheckpointManager(
+        work / "async", policy=POLICY, async_save=True, pack_max_bytes=pack_max_bytes
+    )
     results: list[tuple[str, float]] = []
 
     def group(suffix: str, contenders: list[tuple[str, Callable[[], object]]]) -> None:
@@ -193,7 +200,9 @@ RATIOS = [
 ]
 
 
-def report(samples: dict[str, list[float]], size_mib: int, tensors: int, repeats: int) -> str:
+def report(
+    samples: dict[str, list[float]], size_mib: int, tensors: int, repeats: int, pack_max_bytes: int
+) -> str:
     """Medians per operation, and ratios paired within each repetition."""
     gb = size_mib * 2**20 / 1e9
     rows = [
@@ -207,7 +216,8 @@ def report(samples: dict[str, list[float]], size_mib: int, tensors: int, repeats
         paired = sorted(b / o for b, o in zip(samples[baseline], samples[ours], strict=True))
         ratio_rows.append([label, f"{median(paired):.2f}", f"{paired[0]:.2f} to {paired[-1]:.2f}"])
     head = (
-        f"{size_mib} MiB state in {tensors} float32 tensors, {repeats} repetitions; "
+        f"{size_mib} MiB state in {tensors} float32 tensors, {repeats} repetitions, "
+        f"pack_max_bytes={pack_max_bytes}; "
         f"expman {expman.__version__}, numpy {np.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} cores. Ratios are baseline time / expman time (higher is "
         "better for expman; the async row is expman's blocking time / a sync save), "
@@ -226,12 +236,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_probe(contender: str, size_mib: int, tensors: int, directory: Path) -> float:
+def memory_probe(
+    contender: str, size_mib: int, tensors: int, directory: Path, pack_max_bytes: int
+) -> float:
     """In this (fresh) process: how far one save raises peak memory above the state."""
     state = make_state(size_mib, tensors)
     before = peak_rss_mib()
     if contender == "expman save":
-        CheckpointManager(directory / "sync", policy=POLICY).save(1, state, force=True)
+        manager = CheckpointManager(
+            directory / "sync", policy=POLICY, pack_max_bytes=pack_max_bytes
+        )
+        manager.save(1, state, force=True)
     elif contender == "safetensors save":
         safetensors_save(directory / "st.safetensors", state)
     else:
@@ -239,7 +254,9 @@ def memory_probe(contender: str, size_mib: int, tensors: int, directory: Path) -
     return peak_rss_mib() - before
 
 
-def memory_rows(size_mib: int, tensors: int, directory: Path) -> list[list[str]]:
+def memory_rows(
+    size_mib: int, tensors: int, directory: Path, pack_max_bytes: int
+) -> list[list[str]]:
     contenders = ["raw write", "expman save"]
     if safetensors is not None:
         contenders.append("safetensors save")
@@ -248,7 +265,8 @@ def memory_rows(size_mib: int, tensors: int, directory: Path) -> list[list[str]]
         work = Path(tempfile.mkdtemp(dir=directory))
         probe = (
             "import sys; from pathlib import Path; from bench.checkpoint_io import memory_probe;"
-            f"print(memory_probe({contender!r}, {size_mib}, {tensors}, Path({str(work)!r})))"
+            f"print(memory_probe({contender!r}, {size_mib}, {tensors}, Path({str(work)!r}), "
+            f"{pack_max_bytes}))"
         )
         output = subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, check=True
@@ -264,16 +282,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", action="store_true", help="also measure save memory")
     parser.add_argument(
+        "--pack-max-bytes",
+        type=int,
+        default=PACK_MAX_BYTES,
+        help=f"CheckpointManager(pack_max_bytes=...) (default {PACK_MAX_BYTES}; 0: no packing)",
+    )
+    parser.add_argument(
         "--dir", type=Path, default=None, help="where to write (default: a temp dir)"
     )
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="expman-bench-", dir=args.dir))
     try:
-        samples = run(args.size_mib, args.tensors, args.repeats, directory)
-        memory = memory_rows(args.size_mib, args.tensors, directory) if args.memory else None
+        samples = run(args.size_mib, args.tensors, args.repeats, directory, args.pack_max_bytes)
+        memory = (
+            memory_rows(args.size_mib, args.tensors, directory, args.pack_max_bytes)
+            if args.memory
+            else None
+        )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    print(report(samples, args.size_mib, args.tensors, args.repeats))
+    print(report(samples, args.size_mib, args.tensors, args.repeats, args.pack_max_bytes))
     if memory:
         print("\n" + table(["save, in a fresh process", "peak memory over the state"], memory))
 

@@ -1,11 +1,14 @@
 """A corpus of damaged and hostile checkpoint files, kept as the code that makes them.
 
 Each :class:`Case` rewrites a valid checkpoint file (``ckpt-000003.h5``, beside
-valid steps 1 and 2) the way an attacker or a clumsy user would, and states the
-exact expman exception and one-line message a reader must give. ``stage`` says
-where it is caught: ``metadata`` (by ``read_metadata``, so also by listing and
-restore) or ``read`` (the metadata is fine; reading the tensors is refused).
-``{path}`` in a message is the damaged file.
+valid steps 1 and 2, written by :func:`write_steps`) the way an attacker or a
+clumsy user would, and states the exact expman exception and one-line message a
+reader must give. ``stage`` says where it is caught: ``metadata`` (by
+``read_metadata``, so also by listing and restore) or ``read`` (the metadata is
+fine; reading the tensors is refused). ``packed`` says which layout the files
+have: every tensor in its own dataset (``tensors/...:0``), or the small tensors
+packed into one dataset per dtype (``packed/float32``, ``packed/int64``), as
+expman writes them by default. ``{path}`` in a message is the damaged file.
 
 A ``SECRET`` file beside the directory holds text no reader may ever return.
 """
@@ -21,7 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from expman import CheckpointCorruptError, CheckpointError, CheckpointFormatError
+from expman import CheckpointCorruptError, CheckpointError, CheckpointFormatError, CheckpointManager
 
 SECRET = '{"token": "s3cr3t-token-never-read"}'
 REMEDY = "restore another step, or move the file away"
@@ -36,6 +39,14 @@ def state(step: int) -> dict[str, Any]:
     }
 
 
+def write_steps(directory: Path, *, packed: bool) -> Path:
+    """Steps 1, 2 and 3 of :func:`state`, in one dataset per tensor unless ``packed``."""
+    with CheckpointManager(directory, **({} if packed else {"pack_max_bytes": 0})) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, state(step), force=True)
+    return directory
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -43,6 +54,7 @@ class Case:
     error: type[CheckpointError]
     detail: str  # the part of the message between the parentheses
     stage: str = "metadata"
+    packed: bool = False
 
     def message(self, path: Path) -> str:
         detail = self.detail.format(path=path)
@@ -184,6 +196,52 @@ def huge_tensor(f: h5py.File, scratch: Path) -> None:
 def object_reference_tensor(f: h5py.File, scratch: Path) -> None:
     del f["tensors/global_step:0"]
     f.create_dataset("tensors/global_step:0", shape=(), dtype=h5py.ref_dtype)
+
+
+def external_packed(f: h5py.File, name: str, secret: Path, count: int) -> None:
+    """A packed int64 dataset of ``count`` elements whose bytes are another local file's."""
+    del f[name]
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_external(str(secret).encode(), 0, 8 * count)
+    space = h5py.h5s.create_simple((count,))
+    h5py.h5d.create(f.id, name.encode(), h5py.h5t.STD_I64LE.copy(), space, dcpl=plist)
+
+
+def packed_external_storage(f: h5py.File, scratch: Path) -> None:
+    external_packed(f, "packed/int64", secret_file(scratch), 1)
+
+
+def packed_chunked(f: h5py.File, scratch: Path) -> None:
+    values = f["packed/float32"][()]
+    del f["packed/float32"]
+    f.create_dataset("packed/float32", data=values, chunks=(10,), compression="gzip")
+
+
+def packed_wrong_dtype(f: h5py.File, scratch: Path) -> None:
+    values = f["packed/float32"][()]
+    del f["packed/float32"]
+    f["packed/float32"] = values.astype(np.float64)
+
+
+def packed_short(f: h5py.File, scratch: Path) -> None:
+    values = f["packed/float32"][()]
+    del f["packed/float32"]
+    f["packed/float32"] = values[:50]
+
+
+def packed_entry(name: str, **changes: Any) -> Callable[[h5py.File, Path], None]:
+    def change(f: h5py.File, scratch: Path) -> None:
+        manifest = json.loads(f["meta/tensors"][()])
+        for entry in manifest:
+            if entry["name"] == name:
+                entry.update(changes)
+        replace(f, "meta/tensors", lambda: json.dumps(manifest))
+
+    return change
+
+
+def packed_in_version_1(f: h5py.File, scratch: Path) -> None:
+    f.attrs["format_version"] = 1
 
 
 def with_target(change: Callable[[h5py.File, Path], None]) -> Callable[[Path, Path], None]:
@@ -374,5 +432,81 @@ CASES = [
         C,
         "'global_step' (dtype object is not numeric)",
         stage="read",
+    ),
+    Case(
+        "a packed dataset with external storage (a local token file)",
+        rewrite("packed_external_storage", packed_external_storage),
+        F,
+        "'/packed/int64' has external storage",
+        stage="read",
+        packed=True,
+    ),
+    Case(
+        "a packed dataset stored in compressed chunks",
+        rewrite("packed_chunked", packed_chunked),
+        F,
+        "'/packed/float32' is not a contiguous one-dimensional array",
+        stage="read",
+        packed=True,
+    ),
+    Case(
+        "a packed dataset of another dtype than its name",
+        rewrite("packed_wrong_dtype", packed_wrong_dtype),
+        F,
+        "'/packed/float32' is not a contiguous one-dimensional array",
+        stage="read",
+        packed=True,
+    ),
+    Case(
+        "a packed tensor past the end of its dataset",
+        rewrite("packed_short", packed_short),
+        C,
+        "'dnn/logits/kernel' (elements 40 to 70 lie outside the 50 of its packed dataset)",
+        stage="read",
+        packed=True,
+    ),
+    Case(
+        "a packed tensor at an offset past its dataset",
+        rewrite("packed_far", packed_entry("global_step", offset=2**61)),
+        C,
+        "'global_step' (elements 2305843009213693952 to 2305843009213693953 lie outside the "
+        "1 of its packed dataset)",
+        stage="read",
+        packed=True,
+    ),
+    Case(
+        "a packed tensor with a negative offset",
+        rewrite("packed_negative", packed_entry("global_step", offset=-1)),
+        C,
+        "/meta/tensors has a malformed entry for 'global_step'",
+        packed=True,
+    ),
+    Case(
+        "a packed tensor with an offset that is not an integer",
+        rewrite("packed_text_offset", packed_entry("global_step", offset="0")),
+        C,
+        "/meta/tensors has a malformed entry for 'global_step'",
+        packed=True,
+    ),
+    Case(
+        "a packed tensor in the dataset of another dtype",
+        rewrite("packed_other_dtype", packed_entry("global_step", path="packed/float32")),
+        F,
+        "tensor 'global_step' is stored at an unexpected path",
+        packed=True,
+    ),
+    Case(
+        "a packed tensor outside /packed",
+        rewrite("packed_elsewhere", packed_entry("global_step", path="meta/params")),
+        F,
+        "tensor 'global_step' is stored at an unexpected path",
+        packed=True,
+    ),
+    Case(
+        "packed tensors in a file of format version 1",
+        rewrite("packed_in_version_1", packed_in_version_1),
+        C,
+        "/meta/tensors has a malformed entry for 'dnn/hiddenlayer_0/kernel'",
+        packed=True,
     ),
 ]

@@ -22,6 +22,7 @@ from expman import (
     CheckpointManager,
     read_metadata,
 )
+from expman.checkpoints._state import Bits
 from tests.conftest import require_tool
 
 DOC = (Path(__file__).parents[1] / "docs" / "checkpoint-format.md").read_text()
@@ -60,11 +61,21 @@ def write_doc_example(directory: Path, **options: Any) -> Path:
     return directory / "ckpt-000200.h5"
 
 
-def test_h5ls_shows_the_documented_layout(ckpt_dir: Path) -> None:
-    path = write_doc_example(ckpt_dir)
+@pytest.mark.parametrize(
+    ("options", "listed_after"),
+    [
+        ({}, "`h5ls -r ckpt-000200.h5` shows (every tensor is small, so all are packed):"),
+        ({"pack_max_bytes": 0}, "its own dataset, `h5ls -r ckpt-000200.h5` shows:"),
+    ],
+    ids=["packed", "datasets"],
+)
+def test_h5ls_shows_the_documented_layout(
+    ckpt_dir: Path, options: dict[str, Any], listed_after: str
+) -> None:
+    path = write_doc_example(ckpt_dir, **options)
     h5ls = require_tool("h5ls", install="apt-get install hdf5-tools")
     listing = subprocess.run([h5ls, "-r", str(path)], capture_output=True, text=True, check=True)
-    assert listing.stdout.strip("\n") == doc_block("`h5ls -r ckpt-000200.h5` shows:")
+    assert listing.stdout.strip("\n") == doc_block(listed_after)
 
 
 def test_h5dump_shows_the_root_attributes(ckpt_dir: Path) -> None:
@@ -84,7 +95,7 @@ def test_root_attributes_are_exactly_the_documented_ones(ckpt_dir: Path) -> None
     for name, value in attrs.items():
         assert isinstance(value, documented[name]), name
     assert attrs["format"] == "expman-checkpoint"
-    assert attrs["format_version"] == 1
+    assert attrs["format_version"] == 2
     assert attrs["step"] == 200
     assert attrs["tensor_count"] == len(DOC_STATE)
     assert attrs["experiment"] == "base"
@@ -109,14 +120,98 @@ def test_metadata_datasets_hold_the_documented_json(ckpt_dir: Path) -> None:
     assert {t["name"]: t["dtype"] for t in tensors}["global_step"] == "int64"
     manifest = content["/meta/tensors"]
     assert [t["name"] for t in manifest] == list(DOC_STATE)
-    assert manifest[-1]["path"] == "tensors/global_step:0"
-    assert manifest[-1]["kind"] == "int"
+    assert manifest[-1] == {
+        "name": "global_step",
+        "path": "packed/int64",
+        "offset": 0,
+        "kind": "int",
+        "checksum": manifest[-1]["checksum"],
+    }
     canonical = json.dumps(tensors, separators=(",", ":"), sort_keys=True).encode()
     assert digest == "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
-def test_tensor_datasets_are_contiguous_and_carry_no_attributes(ckpt_dir: Path) -> None:
+def test_small_tensors_lie_end_to_end_in_one_dataset_per_dtype(ckpt_dir: Path) -> None:
     path = write_doc_example(ckpt_dir)
+    with h5py.File(path, "r") as f:
+        manifest = json.loads(f["meta/tensors"].asstr()[()])
+        packed = f["packed/float32"]
+        assert set(packed.attrs) == set() and packed.chunks is None
+        assert packed.compression is None and packed.id.get_offset() is not None
+        values = packed[()]
+    entries = {t["name"]: t for t in manifest}
+    assert json.dumps(entries["dnn/logits/kernel"], sort_keys=True) == doc_block(
+        "The entry of `dnn/logits/kernel` above is"
+    )
+    start = 0
+    for name, value in DOC_STATE.items():
+        if name == "global_step":
+            continue
+        assert entries[name]["path"] == "packed/float32"
+        assert entries[name]["offset"] == start  # in the state's order, end to end
+        np.testing.assert_array_equal(values[start : start + value.size], value.reshape(-1))
+        start += value.size
+    assert start == len(values)
+
+
+def test_pack_max_bytes_is_the_largest_packed_array(ckpt_dir: Path) -> None:
+    state = {
+        "at_limit": np.ones(2**16 // 4, np.float32),  # 64 KiB: packed
+        "over_limit": np.ones(2**16 // 4 + 1, np.float32),  # one element more: its own dataset
+        "text": "strings are never packed",
+    }
+    CheckpointManager(ckpt_dir).save(1, state, force=True)
+    paths = {t.name: t.path for t in read_metadata(ckpt_dir / "ckpt-000001.h5").tensors}
+    assert paths == {
+        "at_limit": "packed/float32",
+        "over_limit": "tensors/over_limit:0",
+        "text": "tensors/text:0",
+    }
+    restored = CheckpointManager(ckpt_dir).load()
+    np.testing.assert_array_equal(restored["at_limit"], state["at_limit"])
+    np.testing.assert_array_equal(restored["over_limit"], state["over_limit"])
+
+
+def test_a_file_of_format_version_1_is_read_as_before(ckpt_dir: Path) -> None:
+    """Written by expman at b1cf1bd, before packing: every tensor in its own dataset."""
+    ckpt_dir.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "format-v1-ckpt-000200.h5", ckpt_dir)
+    (ckpt_dir / "format-v1-ckpt-000200.h5").rename(ckpt_dir / "ckpt-000200.h5")
+    meta = read_metadata(ckpt_dir / "ckpt-000200.h5")
+    assert meta.format_version == 1
+    assert {t.path for t in meta.tensors} >= {"tensors/big:0", "tensors/dnn/logits/tied:0"}
+    with pytest.warns(CheckpointIndexWarning):
+        loaded = CheckpointManager(ckpt_dir).load()
+    assert sorted(loaded) == sorted(V1_STATE)
+    for name, value in V1_STATE.items():
+        if isinstance(value, Bits):
+            assert loaded[name].dtype == value.dtype
+            np.testing.assert_array_equal(loaded[name].array, value.array)
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(loaded[name], value)
+            assert loaded[name].dtype == value.dtype
+        else:
+            assert loaded[name] == value and type(loaded[name]) is type(value)
+
+
+# The state of tests/data/format-v1-ckpt-000200.h5 (see tests/data/README.md).
+V1_STATE: dict[str, Any] = {
+    "dnn/hiddenlayer_0/kernel": np.arange(40, dtype=np.float32).reshape(4, 10),
+    "dnn/hiddenlayer_0/bias": np.linspace(0, 1, 10).astype(np.float32),
+    "dnn/logits/kernel": np.arange(30, dtype=np.float64).reshape(10, 3),
+    "dnn/logits/tied": np.arange(30, dtype=np.float64).reshape(10, 3),
+    "big": np.arange(2000, dtype=np.float32),
+    "half": Bits(np.arange(6, dtype=np.uint16), "bfloat16"),
+    "count": np.int32(7),
+    "flag": True,
+    "lr": 0.5,
+    "note": "v1 file",
+    "global_step": 200,
+}
+
+
+def test_tensor_datasets_are_contiguous_and_carry_no_attributes(ckpt_dir: Path) -> None:
+    path = write_doc_example(ckpt_dir, pack_max_bytes=0)
     with h5py.File(path, "r") as f:
         kernel = f["tensors/dnn/hiddenlayer_0/kernel:0"]
         # Name, kind and checksum are in the manifest only: one place to read and verify.
@@ -128,7 +223,7 @@ def test_tensor_datasets_are_contiguous_and_carry_no_attributes(ckpt_dir: Path) 
 
 
 def test_compression_is_opt_in(ckpt_dir: Path) -> None:
-    path = write_doc_example(ckpt_dir, compression="gzip")
+    path = write_doc_example(ckpt_dir, compression="gzip", pack_max_bytes=0)
     with h5py.File(path, "r") as f:
         kernel = f["tensors/dnn/hiddenlayer_0/kernel:0"]
         assert kernel.compression == "gzip" and kernel.chunks is not None
@@ -161,7 +256,7 @@ def test_metadata_over_64_kib_is_stored(ckpt_dir: Path) -> None:
 def test_read_metadata_reads_no_tensor(ckpt_dir: Path) -> None:
     path = write_doc_example(ckpt_dir)
     with h5py.File(path, "r+") as f:  # poison every tensor: metadata must still read
-        for name in ("tensors/dnn/logits/kernel:0", "tensors/global_step:0"):
+        for name in ("packed/float32", "packed/int64"):
             del f[name]
     meta = read_metadata(path)
     assert meta.step == 200
@@ -217,9 +312,9 @@ def test_hdf5_file_not_written_by_expman(ckpt_dir: Path) -> None:
 def test_future_format_version(ckpt_dir: Path) -> None:
     path = write_doc_example(ckpt_dir)
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = 3
     assert restore_error(ckpt_dir) == (
-        f"{path} has checkpoint format version 2, newer than this expman reads (1): "
+        f"{path} has checkpoint format version 3, newer than this expman reads (2): "
         "upgrade expman to read it"
     )
 
@@ -227,7 +322,7 @@ def test_future_format_version(ckpt_dir: Path) -> None:
 def test_checksum_mismatch(ckpt_dir: Path) -> None:
     path = write_doc_example(ckpt_dir)
     with h5py.File(path, "r") as f:
-        offset = f["tensors/dnn/logits/kernel:0"].id.get_offset()
+        offset = f["packed/float32"].id.get_offset() + 60 * 4  # dnn/logits/kernel, packed
     with open(path, "r+b") as handle:
         handle.seek(offset + 8)
         handle.write(b"\x01")
@@ -260,7 +355,7 @@ def test_a_large_tensor_fails_its_checksum_wherever_it_is_damaged(
 
 
 def test_metadata_that_lies_about_a_shape_is_refused(ckpt_dir: Path) -> None:
-    path = write_doc_example(ckpt_dir)
+    path = write_doc_example(ckpt_dir, pack_max_bytes=0)
     with h5py.File(path, "r+") as f:
         del f["tensors/dnn/logits/kernel:0"]
         f["tensors/dnn/logits/kernel:0"] = np.zeros((10, 4), np.float32)
@@ -272,7 +367,7 @@ def test_metadata_that_lies_about_a_shape_is_refused(ckpt_dir: Path) -> None:
 
 
 def test_external_link_is_refused(ckpt_dir: Path, tmp_path: Path) -> None:
-    path = write_doc_example(ckpt_dir)
+    path = write_doc_example(ckpt_dir, pack_max_bytes=0)
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["x"] = np.zeros((10, 3), np.float32)
@@ -286,7 +381,7 @@ def test_external_link_is_refused(ckpt_dir: Path, tmp_path: Path) -> None:
 
 
 def test_object_dtype_dataset_is_never_unpickled(ckpt_dir: Path) -> None:
-    path = write_doc_example(ckpt_dir)
+    path = write_doc_example(ckpt_dir, pack_max_bytes=0)
     with h5py.File(path, "r+") as f:
         del f["tensors/global_step:0"]
         f.create_dataset("tensors/global_step:0", data=np.void(b"\x80\x04pickle"))

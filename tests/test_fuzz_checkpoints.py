@@ -47,17 +47,12 @@ EXAMPLES = int(os.environ.get("EXPMAN_FUZZ_EXAMPLES", "70"))
 PROGRESS = os.environ.get("EXPMAN_FUZZ_PROGRESS")
 _cases = [0]
 ATTRIBUTES = ["format", "format_version", "step", "wall_time", "experiment", "tensor_count"]
-OBJECTS = [
-    "meta",
-    "meta/architecture",
-    "meta/metrics",
-    "meta/params",
-    "meta/tensors",
-    "tensors",
-    "tensors/dnn",
-    "tensors/dnn/logits/kernel:0",
-    "tensors/global_step:0",
-]
+META_DATASETS = ["meta/architecture", "meta/metrics", "meta/params", "meta/tensors"]
+# The files pack arrays of up to PACK_MAX_BYTES, so both layouts are there: the
+# 160-byte kernel in its own dataset, the 120-byte one and global_step packed.
+PACK_MAX_BYTES = 128
+TENSOR_DATASETS = ["tensors/dnn/hiddenlayer_0/kernel:0", "packed/float32", "packed/int64"]
+OBJECTS = ["meta", *META_DATASETS, "tensors", "tensors/dnn", "packed", *TENSOR_DATASETS]
 
 values = st.one_of(
     st.integers(-(2**70), 2**70),
@@ -82,11 +77,11 @@ byte_edits = st.one_of(
 )
 h5_edits = st.one_of(
     st.tuples(st.just("attribute"), st.sampled_from(ATTRIBUTES), values),
-    st.tuples(st.just("json"), st.sampled_from(OBJECTS[1:5]), json_texts),
-    st.tuples(st.just("array"), st.sampled_from(OBJECTS[1:5] + OBJECTS[7:]), values),
+    st.tuples(st.just("json"), st.sampled_from(META_DATASETS), json_texts),
+    st.tuples(st.just("array"), st.sampled_from(META_DATASETS + TENSOR_DATASETS), values),
     st.tuples(st.just("soft"), st.sampled_from(OBJECTS), st.sampled_from(OBJECTS)),
     st.tuples(st.just("external"), st.sampled_from(OBJECTS)),
-    st.tuples(st.just("external_storage"), st.sampled_from(OBJECTS[1:5] + OBJECTS[7:])),
+    st.tuples(st.just("external_storage"), st.sampled_from(META_DATASETS + TENSOR_DATASETS)),
     st.tuples(st.just("delete"), st.sampled_from(OBJECTS)),
 )
 
@@ -94,7 +89,7 @@ h5_edits = st.one_of(
 @pytest.fixture(scope="module")
 def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("fuzz") / "model_dir"
-    with CheckpointManager(directory, params={"lr": 0.1}) as manager:
+    with CheckpointManager(directory, params={"lr": 0.1}, pack_max_bytes=PACK_MAX_BYTES) as manager:
         for step in (1, 2):
             manager.save(step, state(step), metrics={"loss": 1 / step}, force=True)
     return directory
@@ -158,9 +153,14 @@ def apply_h5(path: Path, edit: tuple[Any, ...], secret: Path, secret_h5: Path) -
         else:
             plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             plist.set_external(str(secret).encode(), 0, 8)
-            kind_id = h5py.h5t.C_S1.copy()
-            kind_id.set_size(8)
-            space = h5py.h5s.create(h5py.h5s.SCALAR)
+            if name.startswith("packed/"):  # 8 bytes of the packed dtype, as a reader expects
+                dtype = np.dtype(name.removeprefix("packed/"))
+                kind_id = h5py.h5t.py_create(dtype)
+                space = h5py.h5s.create_simple((8 // dtype.itemsize,))
+            else:
+                kind_id = h5py.h5t.C_S1.copy()
+                kind_id.set_size(8)
+                space = h5py.h5s.create(h5py.h5s.SCALAR)
             h5py.h5d.create(f.id, name.encode(), kind_id, space, dcpl=plist)
 
 

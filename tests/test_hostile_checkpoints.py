@@ -34,7 +34,7 @@ from expman import (
     read_metadata,
 )
 from expman.checkpoints._format import validate_checkpoint
-from tests.hostile_checkpoints import CASES, SECRET, Case, state
+from tests.hostile_checkpoints import CASES, SECRET, Case, state, write_steps
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -47,11 +47,7 @@ def digests(directory: Path) -> dict[str, str]:
 
 @pytest.fixture
 def three_steps(tmp_path: Path) -> Path:
-    directory = tmp_path / "model_dir"
-    with CheckpointManager(directory) as manager:
-        for step in (1, 2, 3):
-            manager.save(step, state(step), force=True)
-    return directory
+    return write_steps(tmp_path / "model_dir", packed=True)
 
 
 @pytest.fixture(autouse=True)
@@ -69,9 +65,8 @@ def never_hang() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_file_gives_the_exact_error_and_nothing_else(
-    case: Case, three_steps: Path, tmp_path: Path
-) -> None:
+def test_hostile_file_gives_the_exact_error_and_nothing_else(case: Case, tmp_path: Path) -> None:
+    three_steps = write_steps(tmp_path / "model_dir", packed=case.packed)
     path = three_steps / "ckpt-000003.h5"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -111,10 +106,10 @@ def test_hostile_file_gives_the_exact_error_and_nothing_else(
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_validating_a_strangers_file_refuses_it_as_a_restore_would(
-    case: Case, three_steps: Path, tmp_path: Path
+    case: Case, tmp_path: Path
 ) -> None:
     """What pull runs on a downloaded checkpoint: every check before a tensor is read."""
-    path = three_steps / "ckpt-000003.h5"
+    path = write_steps(tmp_path / "model_dir", packed=case.packed) / "ckpt-000003.h5"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     case.damage(path, scratch)
@@ -127,7 +122,7 @@ def test_validating_a_strangers_file_refuses_it_as_a_restore_would(
 def test_validating_leaves_tensor_checksums_to_the_restore(three_steps: Path) -> None:
     path = three_steps / "ckpt-000003.h5"
     with h5py.File(path, "r+") as f:
-        f["tensors/dnn/logits/kernel:0"][0, 0] = 42.0  # same layout, other bytes
+        f["packed/float32"][45] = 42.0  # same layout, other bytes (of dnn/logits/kernel)
     assert validate_checkpoint(path).step == 3
     with pytest.raises(CheckpointCorruptError) as caught:
         CheckpointManager(three_steps).restore_latest(state(0))

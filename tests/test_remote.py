@@ -29,7 +29,7 @@ import pytest
 
 from tests.cli import EXPMAN, expman
 from tests.conftest import git, make_repository
-from tests.hostile_checkpoints import SECRET, external_scalar
+from tests.hostile_checkpoints import SECRET, external_packed
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,7 @@ def test_a_hostile_file_matching_a_forged_record_is_refused_at_pull(tmp_path: Pa
     secret = tmp_path / "token.txt"
     secret.write_text(SECRET)
     forged = forge_latest_checkpoint(
-        machines.a, lambda f: external_scalar(f, "tensors/global_step:0", secret, 8)
+        machines.a, lambda f: external_packed(f, "packed/int64", secret, len(f["packed/int64"]))
     )
     ok(expman(machines.a, "push", "base"))
 
@@ -337,7 +337,7 @@ def test_a_hostile_file_matching_a_forged_record_is_refused_at_pull(tmp_path: Pa
     line = pulled.stderr.splitlines()[-1]
     assert line == (
         f"expman: error: {forged.name} of base matches its digest but is not a valid "
-        "checkpoint: it breaks the checkpoint format ('/tensors/global_step:0' has external "
+        "checkpoint: it breaks the checkpoint format ('/packed/int64' has external "
         "storage); it was not used"
     )
     assert "s3cr3t" not in pulled.stdout + pulled.stderr
@@ -352,8 +352,10 @@ def test_tensor_bytes_matching_a_forged_record_are_pulled_and_refused_at_restore
     ok(expman(machines.a, "new", "base", "--set", "steps=200"))
     ok(expman(machines.a, "run", "base"))
 
-    def change(f: h5py.File) -> None:
-        f["tensors/dnn/logits/kernel:0"][0, 0] = 42.0  # same layout, other bytes
+    def change(f: h5py.File) -> None:  # same layout, other bytes in dnn/logits/kernel
+        manifest = json.loads(f["meta/tensors"][()])
+        entry = next(t for t in manifest if t["name"] == "dnn/logits/kernel")
+        f[entry["path"]][entry["offset"]] = 42.0
 
     forged = forge_latest_checkpoint(machines.a, change)
     ok(expman(machines.a, "push", "base"))

@@ -86,7 +86,8 @@ def test_the_file_holds_tensors_and_json_never_pickles(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "ckpt-000001.h5") as f:
         manifest = json.loads(f["meta/tensors"].asstr()[()])
         stored = {f"/{t['path']}" for t in manifest}
-        assert stored == set(_datasets(f["tensors"]))  # the manifest names every dataset
+        # the manifest names every dataset (its own, or the packed one of its dtype)
+        assert stored == set(_datasets(f["tensors"])) | set(_datasets(f["packed"]))
         # numbers and strings only: no object, opaque or compound data to unpickle
         assert all(f[p].dtype.kind in "biufcO" for p in stored)
     names = {t["name"] for t in manifest}
@@ -146,11 +147,15 @@ def test_bfloat16_is_recorded_as_bfloat16_and_readable_as_uint16(tmp_path: Path)
     et.save(CheckpointManager(tmp_path), 1, source, force=True, rng=False)
     meta = CheckpointManager(tmp_path).metadata()
     assert {s.name: s.dtype for s in meta.architecture.tensors}["weight"] == "bfloat16"
+    record = {t.name: t for t in meta.tensors}["weight"]
+    assert (record.kind, record.path, record.offset) == ("bits", "packed/uint16", 0)
     with h5py.File(tmp_path / "ckpt-000001.h5") as f:
-        dataset = f["tensors/weight:0"]
+        assert f["packed/uint16"].dtype == np.uint16
+    et.save(CheckpointManager(tmp_path / "own", pack_max_bytes=0), 1, source, force=True, rng=False)
+    with h5py.File(tmp_path / "own" / "ckpt-000001.h5") as f:
+        dataset = f["tensors/weight:0"]  # a dataset of its own carries its dtype's name
         assert dataset.dtype == np.uint16
         assert dict(dataset.attrs) == {"dtype": "bfloat16"}
-    assert {t.name: t.kind for t in meta.tensors}["weight"] == "bits"
     float16 = torch.nn.Linear(2, 2).to(torch.float16)
     with pytest.raises(ArchitectureMismatchError) as caught:
         et.restore(CheckpointManager(tmp_path), float16, rng=False)

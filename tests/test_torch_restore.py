@@ -28,7 +28,9 @@ from expman import (
     LastStepNotSavedWarning,
     PartialRestoreWarning,
     UnsupportedStateError,
+    read_metadata,
 )
+from expman.checkpoints._format import PACK_MAX_BYTES
 from expman.checkpoints._state import Bits
 from tests.torch_models import GPT, nanogpt_optimizer
 
@@ -680,7 +682,10 @@ def test_gpt_models_resume_bit_for_bit(
     assert resumed[2].state_dict() == straight[2].state_dict()
 
 
-def test_the_documented_recipe_loads_weights_without_expman(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pack_max_bytes", [PACK_MAX_BYTES, 0], ids=["packed", "datasets"])
+def test_the_documented_recipe_loads_weights_without_expman(
+    tmp_path: Path, pack_max_bytes: int
+) -> None:
     import re
     import subprocess
     import sys
@@ -692,8 +697,11 @@ def test_the_documented_recipe_loads_weights_without_expman(tmp_path: Path) -> N
     model = GPT()
     model.transformer.h[0].ln_1.to(torch.bfloat16)  # one bfloat16 module
     optimizer = nanogpt_optimizer(model)
-    et.save(CheckpointManager(tmp_path), 7, model, optimizer, force=True)
+    manager = CheckpointManager(tmp_path, pack_max_bytes=pack_max_bytes)
+    et.save(manager, 7, model, optimizer, force=True)
     torch.save(model.state_dict(), tmp_path / "reference.pt")
+    paths = {t.path.split("/")[0] for t in read_metadata(tmp_path / "ckpt-000007.h5").tensors}
+    assert paths == ({"packed", "tensors"} if pack_max_bytes else {"tensors"})
     models = (Path(__file__).parent / "torch_models.py").read_text()
     check = f"""
 import sys

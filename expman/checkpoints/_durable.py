@@ -12,7 +12,7 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -22,9 +22,11 @@ __all__ = [
     "fsync_directory",
     "fsync_file",
     "phase",
+    "read_at",
     "remove_stale_temporaries",
     "reserve_space",
     "temporary_path",
+    "write_at",
     "write_text_atomically",
 ]
 
@@ -148,6 +150,40 @@ def _fallocate(fd: int, size: int) -> None:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def write_at(fd: int, views: Sequence[memoryview], offset: int) -> None:
+    """Write ``views`` one after another from ``offset`` of ``fd``, many per system call."""
+    _transfer(os.pwritev, fd, views, offset, "the file accepted no bytes")
+
+
+def read_at(fd: int, views: Sequence[memoryview], offset: int) -> None:
+    """Fill ``views`` one after another from ``offset`` of ``fd``, many per system call."""
+    _transfer(os.preadv, fd, views, offset, "the file ends inside a tensor")
+
+
+def _transfer(
+    call: Callable[[int, list[memoryview], int], int],
+    fd: int,
+    views: Sequence[memoryview],
+    offset: int,
+    short: str,
+) -> None:
+    """``pwritev`` or ``preadv`` of every view, up to IOV_MAX at a time, short counts resumed."""
+    for start in range(0, len(views), _IOV_MAX):
+        pending = [view for view in views[start : start + _IOV_MAX] if view.nbytes]
+        while pending:
+            count = call(fd, pending, offset)
+            if count == 0:
+                raise OSError(short)
+            offset += count
+            while pending and count >= pending[0].nbytes:
+                count -= pending.pop(0).nbytes
+            if count:
+                pending[0] = pending[0][count:]
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
 def write_text_atomically(path: Path, text: str) -> None:

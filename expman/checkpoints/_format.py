@@ -30,12 +30,13 @@ from expman._errors import (
 )
 from expman._version import __version__
 from expman.checkpoints._architecture import Architecture, TensorSpec
-from expman.checkpoints._durable import allocate, phase, reserve_space
-from expman.checkpoints._layout import tensor_path
+from expman.checkpoints._durable import allocate, phase, read_at, reserve_space, write_at
+from expman.checkpoints._layout import packed_path, tensor_path
 from expman.checkpoints._sandbox import examine, is_sound, stat_key
-from expman.checkpoints._state import Bits, Leaf, LeafKind
+from expman.checkpoints._state import Bits, Leaf, LeafKind, dtype_name
 from expman.checkpoints._validate import (
     META_DATASETS,
+    PackedDataset,
     TensorStorage,
     check_links,
     check_meta_dataset,
@@ -46,16 +47,19 @@ from expman.checkpoints._validate import (
     checked_architecture,
     checked_manifest,
     checked_mapping,
+    checked_packed_dataset,
     checked_root_attributes,
     checked_tensor_dataset,
     damaged,
     open_regular_file,
+    packed_tensor,
     read_format_name,
 )
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "PACK_MAX_BYTES",
     "CheckpointMetadata",
     "TensorRecord",
     "checksum",
@@ -68,7 +72,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "expman-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PACK_MAX_BYTES = 64 * 2**10
+"""Tensors of at most this many bytes are packed into one dataset per dtype by default."""
 CHECKSUM_ALGORITHM = "xxh3-64"
 _COMPRESSIONS = ("gzip", "lzf")
 _READ_CHUNK = 16 * 2**20
@@ -93,12 +99,29 @@ class _Computed:
 
 @dataclass(frozen=True)
 class TensorRecord:
-    """Where and how one tensor is stored in a checkpoint file."""
+    """Where and how one tensor is stored in a checkpoint file.
+
+    ``path`` is the tensor's own dataset, or, with ``offset`` (in elements),
+    the ``packed/<dtype>`` dataset it is packed into.
+    """
 
     name: str
     path: str
     kind: LeafKind
     checksum: str
+    offset: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The tensor's manifest entry (``/meta/tensors``)."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "path": self.path,
+            "kind": self.kind,
+            "checksum": self.checksum,
+        }
+        if self.offset is not None:
+            entry["offset"] = self.offset
+        return entry
 
 
 @dataclass(frozen=True)
@@ -153,8 +176,12 @@ def write_checkpoint(
     experiment: str | None,
     code_commit: str | None,
     compression: str | None = None,
+    pack_max_bytes: int = PACK_MAX_BYTES,
 ) -> CheckpointMetadata:
     """Write a complete checkpoint file at ``path`` (a temporary name; not fsynced).
+
+    Arrays of at most ``pack_max_bytes`` bytes (0: none) are packed into one
+    dataset per dtype; every other tensor gets its own dataset.
 
     Returns its metadata, as :func:`read_metadata` would read it back.
     """
@@ -194,21 +221,19 @@ def write_checkpoint(
             root["code_commit"] = code_commit
         for library, version in _library_versions().items():
             root[f"{library}_version"] = version
+        f.create_group("tensors")
+        placed = _write_packed(f, path, leaves, pack_max_bytes)
         for leaf in leaves:
-            _write_leaf(f, leaf, compression)
+            if leaf.name not in placed and leaf.same_as not in placed:
+                _write_leaf(f, leaf, compression)
         records = [
-            TensorRecord(leaf.name, tensor_path(leaf.name), leaf.kind, digest.result())
+            _record(leaf, digest.result(), placed)
             for leaf, digest in zip(leaves, checksums, strict=True)
         ]
         meta = f.create_group("meta")
         for name, text in texts.items():
             meta[name] = text
-        meta["tensors"] = _json(
-            [
-                {"name": r.name, "path": r.path, "kind": r.kind, "checksum": r.checksum}
-                for r in records
-            ]
-        )
+        meta["tensors"] = _json([record.to_json() for record in records])
     size = _end_of_file(path)
     os.truncate(path, size)
     return CheckpointMetadata(
@@ -218,7 +243,7 @@ def write_checkpoint(
         wall_time=wall_time,
         metrics=json.loads(texts["metrics"]),
         params=json.loads(texts["params"]),
-        architecture=Architecture.from_json(json.loads(texts["architecture"])),
+        architecture=Architecture(architecture.tensors, json.loads(_json(architecture.config))),
         experiment=experiment or None,
         code_commit=code_commit or None,
         versions=_library_versions(),
@@ -268,6 +293,68 @@ def _checksum_of(hasher: ThreadPoolExecutor, value: np.ndarray[Any, Any] | str) 
     if isinstance(value, str) or value.nbytes <= _INLINE_HASH_BYTES:
         return _Computed(checksum(value))
     return hasher.submit(checksum, value)
+
+
+def _record(leaf: Leaf, digest: str, placed: Mapping[str, tuple[str, int]]) -> TensorRecord:
+    """A leaf's manifest entry: packed (a tied leaf where its first is), or its own dataset."""
+    packed = placed.get(leaf.same_as or leaf.name)
+    if packed is None:
+        return TensorRecord(leaf.name, tensor_path(leaf.name), leaf.kind, digest)
+    return TensorRecord(leaf.name, packed[0], leaf.kind, digest, packed[1])
+
+
+def _write_packed(
+    f: h5py.File, path: Path, leaves: Sequence[Leaf], max_bytes: int
+) -> dict[str, tuple[str, int]]:
+    """Pack every array of at most ``max_bytes`` bytes into one dataset per dtype.
+
+    Returns each packed leaf's dataset path and element offset. Each dataset
+    is allocated when created, then the arrays are written into it with
+    ``pwritev``, many at a time, without copying: HDF5 creates one object per
+    dtype instead of one a tensor (docs/benchmarks.md, "Many tensors").
+    """
+    if max_bytes <= 0:
+        return {}
+    groups: dict[str, list[np.ndarray[Any, Any]]] = {}
+    placed: dict[str, tuple[str, int]] = {}
+    lengths: dict[str, int] = {}
+    for leaf in leaves:
+        value = leaf.value
+        if leaf.same_as is not None or isinstance(value, str) or value.nbytes > max_bytes:
+            continue
+        dtype = dtype_name(value.dtype)
+        placed[leaf.name] = (packed_path(dtype), lengths.get(dtype, 0))
+        lengths[dtype] = lengths.get(dtype, 0) + value.size
+        groups.setdefault(dtype, []).append(value)
+    if not groups:
+        return placed
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        for dtype, arrays in groups.items():
+            offset = _create_packed(f, dtype, lengths[dtype])
+            views = [np.ascontiguousarray(a).reshape(-1).view(np.uint8).data for a in arrays]
+            phase("write")
+            write_at(fd, views, offset)
+    finally:
+        os.close(fd)
+    return placed
+
+
+def _create_packed(f: h5py.File, dtype: str, length: int) -> int:
+    """Create ``packed/<dtype>`` of ``length`` elements, allocated now; return its file offset."""
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_layout(h5py.h5d.CONTIGUOUS)
+    plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # the arrays are written, nothing else
+    dsid = h5py.h5d.create(
+        f.id,
+        packed_path(dtype).encode(),
+        h5py.h5t.py_create(np.dtype(dtype), logical=True),
+        h5py.h5s.create_simple((length,)),
+        dcpl=plist,
+        lcpl=_INTERMEDIATE_GROUPS,
+    )
+    return int(dsid.get_offset() or 0)
 
 
 def _write_leaf(f: h5py.File, leaf: Leaf, compression: str | None) -> None:
@@ -383,12 +470,10 @@ def examine_here(path: Path) -> dict[str, Any]:
     try:
         with _open(path, info) as f:
             metadata = _metadata(path, f, fd, info)
-            specs = metadata.architecture.by_name()
+            storages = _TensorStorages(f, metadata, fd, info.st_size)
             for record in metadata.tensors:
                 with contextlib.suppress(CheckpointError, *_READ_ERRORS):
-                    checked_tensor_dataset(
-                        path, f, record.path, record.kind, specs[record.name], info.st_size, fd
-                    )
+                    storages.checked(record)
     finally:
         os.close(fd)
     return {"stat": list(stat_key(info)), "metadata": _metadata_to_json(metadata)}
@@ -405,7 +490,7 @@ def _metadata_to_json(metadata: CheckpointMetadata) -> dict[str, Any]:
         "experiment": metadata.experiment,
         "code_commit": metadata.code_commit,
         "versions": dict(metadata.versions),
-        "tensors": [[t.name, t.path, t.kind, t.checksum] for t in metadata.tensors],
+        "tensors": [[t.name, t.path, t.kind, t.checksum, t.offset] for t in metadata.tensors],
         "size": metadata.size,
     }
 
@@ -453,7 +538,7 @@ def _metadata(path: Path, f: h5py.File, fd: int, info: os.stat_result) -> Checkp
         names = check_links(path, f)
         values = {name: _read_json(path, f, name, fd) for name in META_DATASETS}
         architecture = checked_architecture(path, values["architecture"])
-        manifest = checked_manifest(path, values["tensors"], architecture)
+        manifest = checked_manifest(path, values["tensors"], architecture, attrs.format_version)
         paths = [item["path"] for item in manifest]
         check_objects(path, names, paths)
         # Tensor datasets are checked the same way when read (read_tensors opens
@@ -471,7 +556,7 @@ def _metadata(path: Path, f: h5py.File, fd: int, info: os.stat_result) -> Checkp
             code_commit=attrs.code_commit,
             versions=attrs.versions,
             tensors=tuple(
-                TensorRecord(t["name"], t["path"], t["kind"], t["checksum"])  # type: ignore[arg-type]
+                TensorRecord(t["name"], t["path"], t["kind"], t["checksum"], t.get("offset"))
                 for t in manifest
             ),
             size=info.st_size,
@@ -537,33 +622,53 @@ def read_tensors(
                     f"{path} changed after its metadata was read: read it again"
                 )
             datasets = _checked_datasets(f, metadata, names, fd, info.st_size)
+            small = _SmallReads(fd)
             read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]] = []
             for name in names:
                 record = records[name]
                 try:
                     value, digest = _read_value(
-                        datasets[name], fd, hasher, record, destinations.get(name)
+                        datasets[name], fd, hasher, small, record, destinations.get(name)
                     )
                 except _READ_ERRORS as error:
                     raise _unreadable(path, name, error) from error
                 read.append((record, value, digest))
+            small.read(path)
             return _verified(path, read, specs)
     finally:
         os.close(fd)
+
+
+class _TensorStorages:
+    """Checks where each tensor of an open file is stored; each packed dataset once."""
+
+    def __init__(self, f: h5py.File, metadata: CheckpointMetadata, fd: int, size: int) -> None:
+        self._f, self._metadata, self._fd, self._size = f, metadata, fd, size
+        self._specs = metadata.architecture.by_name()
+        self._packed: dict[str, PackedDataset] = {}
+
+    def checked(self, record: TensorRecord) -> TensorStorage:
+        path, spec = self._metadata.path, self._specs[record.name]
+        if record.offset is None:
+            return checked_tensor_dataset(
+                path, self._f, record.path, record.kind, spec, self._size, self._fd
+            )
+        packed = self._packed.get(record.path)
+        if packed is None:
+            packed = checked_packed_dataset(path, self._f, record.path, self._size)
+            self._packed[record.path] = packed
+        return packed_tensor(packed, record.offset, record.kind, spec)
 
 
 def _checked_datasets(
     f: h5py.File, metadata: CheckpointMetadata, names: Sequence[str], fd: int, size: int
 ) -> dict[str, TensorStorage]:
     records = {record.name: record for record in metadata.tensors}
-    specs = metadata.architecture.by_name()
+    storages = _TensorStorages(f, metadata, fd, size)
     datasets, stored = {}, {}
     for name in names:
-        record = records[name]
         try:
-            storage = checked_tensor_dataset(
-                metadata.path, f, record.path, record.kind, specs[name], size, fd
-            )
+            storage = storages.checked(records[name])
         except CheckpointError:
             raise
         except _READ_ERRORS as error:
@@ -604,24 +709,34 @@ def _read_value(
     storage: TensorStorage,
     fd: int,
     hasher: ThreadPoolExecutor,
+    small: _SmallReads,
     record: TensorRecord,
     destination: Any,
 ) -> tuple[np.ndarray[Any, Any] | str, _Checksum]:
-    """Read one checked tensor; a large one's checksum is computed on ``hasher`` meanwhile."""
+    """Read one checked tensor; a large one's checksum is computed on ``hasher`` meanwhile.
+
+    A small one straight from the file is only queued on ``small``, which reads it later.
+    """
     if record.kind == "str":
         assert storage.dataset is not None
         text = str(storage.dataset.asstr()[()])
         return text, _Computed(checksum(text))
-    return _read_array(storage, fd, hasher, destination)
+    return _read_array(storage, fd, hasher, small, record.name, destination)
 
 
 def _read_array(
-    storage: TensorStorage, fd: int, hasher: ThreadPoolExecutor, destination: Any
+    storage: TensorStorage,
+    fd: int,
+    hasher: ThreadPoolExecutor,
+    small: _SmallReads,
+    name: str,
+    destination: Any,
 ) -> tuple[np.ndarray[Any, Any], _Checksum]:
     """Read into ``destination`` when it fits, hashing each chunk as the next is read.
 
     A contiguous, native-order dataset is read straight from its file offset
-    into the array, 16 MiB at a time; anything else goes through HDF5.
+    into the array, 16 MiB at a time (a small one through ``small``); anything
+    else goes through HDF5.
     """
     fits = (
         isinstance(destination, np.ndarray)
@@ -634,15 +749,15 @@ def _read_array(
     data = target.reshape(-1).view(np.uint8).data
     if data.nbytes <= _INLINE_HASH_BYTES:
         if data.nbytes and storage.offset is not None:
-            _read_exactly(fd, data, storage.offset)
-        elif data.nbytes and storage.dataset is not None:
+            return target, small.queue(storage.offset, data, name)
+        if data.nbytes and storage.dataset is not None:
             storage.dataset.read_direct(target)
         return target, _Computed(f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_64_hexdigest(data)}")
     state = xxhash.xxh3_64()
     if data.nbytes and storage.offset is not None:
         for start in range(0, data.nbytes, _READ_CHUNK):
             chunk = data[start : start + _READ_CHUNK]
-            _read_exactly(fd, chunk, storage.offset + start)
+            read_at(fd, [chunk], storage.offset + start)
             hasher.submit(state.update, chunk)
     elif data.nbytes and storage.dataset is not None:
         storage.dataset.read_direct(target)
@@ -650,12 +765,48 @@ def _read_array(
     return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
 
 
-def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
-    while view.nbytes:
-        count = os.preadv(fd, [view], offset)
-        if count == 0:
-            raise OSError("the file ends inside a tensor")
-        view, offset = view[count:], offset + count
+class _SmallReads:
+    """Small tensors read straight from the file, gathered into few system calls.
+
+    Each is queued with where its bytes are; :meth:`read` reads every run of
+    tensors lying end to end in the file (a packed dataset's tensors do) with
+    one ``preadv``. Their checksums are computed when asked for, after that.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._queued: list[tuple[int, memoryview, str]] = []
+
+    def queue(self, offset: int, view: memoryview, name: str) -> _Checksum:
+        self._queued.append((offset, view, name))
+        return _HashWhenRead(view)
+
+    def read(self, path: Path) -> None:
+        queued = sorted(self._queued, key=lambda item: item[0])
+        start = 0
+        while start < len(queued):
+            end = start + 1
+            while (
+                end < len(queued)
+                and queued[end - 1][0] + queued[end - 1][1].nbytes == queued[end][0]
+            ):
+                end += 1
+            views = [view for _, view, _ in queued[start:end]]
+            try:
+                read_at(self._fd, views, queued[start][0])
+            except OSError as error:
+                raise _unreadable(path, queued[start][2], error) from error
+            start = end
+
+
+@dataclass(frozen=True)
+class _HashWhenRead:
+    """The checksum of a buffer that :class:`_SmallReads` fills, computed when asked for."""
+
+    view: memoryview
+
+    def result(self) -> str:
+        return f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_64_hexdigest(self.view)}"
 
 
 def _as_kind(value: np.ndarray[Any, Any] | str, kind: str, dtype: str) -> Any:

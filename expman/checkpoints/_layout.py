@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["checkpoint_filename", "step_of_filename", "tensor_path"]
+__all__ = ["checkpoint_filename", "packed_path", "step_of_filename", "tensor_path"]
 
 _CHECKPOINT = re.compile(r"^ckpt-(\d{6,})\.h5$")
 
@@ -49,3 +49,8 @@ def _escape(component: str) -> str:
     if component in (".", ".."):
         return "%2E" * len(component)
     return component.replace("%", "%25").replace(":", "%3A")
+
+
+def packed_path(dtype: str) -> str:
+    """The HDF5 path of the dataset that packs small tensors of one dtype: ``packed/<dtype>``."""
+    return f"packed/{dtype}"

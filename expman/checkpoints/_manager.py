@@ -49,7 +49,12 @@ from expman.checkpoints._durable import (
     remove_stale_temporaries,
     temporary_path,
 )
-from expman.checkpoints._format import CheckpointMetadata, read_tensors, write_checkpoint
+from expman.checkpoints._format import (
+    PACK_MAX_BYTES,
+    CheckpointMetadata,
+    read_tensors,
+    write_checkpoint,
+)
 from expman.checkpoints._policy import CheckpointPolicy, select_kept
 from expman.checkpoints._state import Leaf, Slot, fillable, state_leaves, state_slots, to_leaf
 from expman.checkpoints._writer import BackgroundWriter
@@ -91,7 +96,11 @@ class CheckpointManager:
         params: the run's parameters, recorded in every checkpoint.
         model_config: part of the architecture; a difference with identical
             tensors gives a :class:`ModelConfigChangedWarning` on restore.
-        compression: None (contiguous, uncompressed), ``"gzip"`` or ``"lzf"``.
+        compression: None (contiguous, uncompressed), ``"gzip"`` or ``"lzf"``
+            for the tensors that are not packed.
+        pack_max_bytes: arrays of at most this many bytes (64 KiB) are packed
+            into one dataset per dtype, which keeps checkpoints of thousands of
+            small tensors fast; 0 gives every tensor its own dataset.
 
     Example:
         >>> import numpy as np, expman
@@ -115,6 +124,7 @@ class CheckpointManager:
         params: Mapping[str, Any] | None = None,
         model_config: Mapping[str, Any] | None = None,
         compression: str | None = None,
+        pack_max_bytes: int = PACK_MAX_BYTES,
     ) -> None:
         run = manager_defaults()
         self._temporary = directory is None and run is None
@@ -141,6 +151,7 @@ class CheckpointManager:
         self._partial_default = bool(in_run and run and run.partial)
         self.model_config = dict(model_config or {})
         self.compression = compression
+        self.pack_max_bytes = pack_max_bytes
         self.last_restore: RestoreReport | None = None
         self._catalog = CheckpointDirectory(self.directory)
         self._writer = BackgroundWriter() if async_save else None
@@ -268,6 +279,7 @@ class CheckpointManager:
                 experiment=self.experiment,
                 code_commit=self.code_commit,
                 compression=self.compression,
+                pack_max_bytes=self.pack_max_bytes,
             )
             commit_file(temporary, final, replace=False)
         except FileExistsError as error:

@@ -23,6 +23,7 @@ __all__ = [
     "LeafKind",
     "SameAs",
     "Slot",
+    "dtype_name",
     "fillable",
     "state_leaves",
     "state_slots",
@@ -66,6 +67,17 @@ class SameAs:
     name: str
 
 
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """``dtype.name``, remembered: numpy computes it in Python, ~1.4 us a call."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
+
+
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
+
+
 def fillable(value: Any) -> Any:
     """What a restore fills in place for a state value: a Bits' array, else the value."""
     return value.array if isinstance(value, Bits) else value
@@ -97,7 +109,7 @@ class Leaf:
     def dtype(self) -> str:
         if self.bits_dtype is not None:
             return self.bits_dtype
-        return "str" if isinstance(self.value, str) else self.value.dtype.name
+        return "str" if isinstance(self.value, str) else dtype_name(self.value.dtype)
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,13 @@ from expman._errors import (
     CheckpointReadError,
 )
 from expman.checkpoints._architecture import Architecture, TensorSpec
-from expman.checkpoints._layout import step_of_filename, tensor_path
+from expman.checkpoints._layout import packed_path, step_of_filename, tensor_path
+from expman.checkpoints._state import dtype_name
 
 __all__ = [
     "MAX_METADATA_BYTES",
     "META_DATASETS",
+    "PackedDataset",
     "RootAttributes",
     "TensorStorage",
     "check_links",
@@ -48,10 +50,12 @@ __all__ = [
     "checked_architecture",
     "checked_manifest",
     "checked_mapping",
+    "checked_packed_dataset",
     "checked_root_attributes",
     "checked_tensor_dataset",
     "damaged",
     "open_regular_file",
+    "packed_tensor",
     "read_format_name",
     "refused",
 ]
@@ -381,26 +385,52 @@ def checked_architecture(path: Path, value: Any) -> Architecture:
     return architecture
 
 
-def checked_manifest(path: Path, value: Any, architecture: Architecture) -> list[dict[str, str]]:
-    """``/meta/tensors``: one well-formed entry per tensor of the architecture, at its path."""
+def checked_manifest(
+    path: Path, value: Any, architecture: Architecture, version: int
+) -> list[dict[str, Any]]:
+    """``/meta/tensors``: one well-formed entry per tensor of the architecture, at its path.
+
+    A tensor has its own dataset at its name's path, or (format version 2) an
+    ``offset`` into the packed dataset of its stored dtype.
+    """
     if not isinstance(value, list):
         raise damaged(path, "/meta/tensors is not a list")
     keys = {"name", "path", "kind", "checksum"}
+    specs = architecture.by_name()
     for item in value:
         if (
             not isinstance(item, dict)
-            or set(item) != keys
+            or set(item) - {"offset"} != keys
             or not all(isinstance(item[k], str) for k in keys)
         ):
             raise damaged(path, "/meta/tensors has a malformed entry")
         if item["kind"] not in KINDS or not _CHECKSUM.match(item["checksum"]):
             raise damaged(path, f"/meta/tensors has a malformed entry for {item['name']!r:.60}")
-        if item["path"] != tensor_path(item["name"]):
+        if "offset" in item:
+            _check_packed_entry(path, item, specs.get(item["name"]), version)
+        elif item["path"] != tensor_path(item["name"]):
             raise refused(path, f"tensor {item['name']!r:.60} is stored at an unexpected path")
     names = [item["name"] for item in value]
-    if len(set(names)) != len(names) or set(names) != set(architecture.by_name()):
+    if len(set(names)) != len(names) or set(names) != set(specs):
         raise damaged(path, "/meta/tensors and /meta/architecture list different tensors")
     return value
+
+
+def _check_packed_entry(
+    path: Path, item: dict[str, Any], spec: TensorSpec | None, version: int
+) -> None:
+    """A packed tensor's entry: an element offset into ``packed/<its stored dtype>``."""
+    name, offset = item["name"], item["offset"]
+    if version < 2 or not _is_integer(offset) or not 0 <= offset < 2**62:
+        raise damaged(path, f"/meta/tensors has a malformed entry for {name!r:.60}")
+    if spec is None:
+        return  # reported below: the manifest and the architecture differ
+    if item["kind"] == "bits":
+        allowed = {packed_path(f"uint{bits}") for bits in (8, 16, 32, 64)}
+    else:
+        allowed = {packed_path(spec.dtype)} if spec.dtype in NUMERIC_DTYPES else set()
+    if item["path"] not in allowed:
+        raise refused(path, f"tensor {name!r:.60} is stored at an unexpected path")
 
 
 # -- tensor datasets -----------------------------------------------------------------
@@ -424,6 +454,17 @@ class TensorStorage:
     identity: Any
 
 
+def _open_dataset(path: Path, f: h5py.File, where: str) -> Any:
+    """The low-level id of the dataset at ``where``, which must be one of this file."""
+    try:
+        dsid = h5py.h5d.open(f.id, where[1:].encode())
+    except (KeyError, OSError, ValueError, RuntimeError) as error:
+        raise refused(path, f"{where!r:.80} is not a dataset of this file") from error
+    if dsid.fileno != f.id.fileno:
+        raise refused(path, f"{where!r:.80} is not a dataset of this file")
+    return dsid
+
+
 def checked_tensor_dataset(
     path: Path,
     f: h5py.File,
@@ -440,12 +481,7 @@ def checked_tensor_dataset(
     :class:`CheckpointFormatError` for storage the format does not allow.
     """
     where = f"/{record_path}"
-    try:
-        dsid = h5py.h5d.open(f.id, record_path.encode())
-    except (KeyError, OSError, ValueError, RuntimeError) as error:
-        raise refused(path, f"{where!r:.80} is not a dataset of this file") from error
-    if dsid.fileno != f.id.fileno:
-        raise refused(path, f"{where!r:.80} is not a dataset of this file")
+    dsid = _open_dataset(path, f, where)
     layout, filters = _storage(path, dsid, where)
     shape, dtype = tuple(dsid.shape), np.dtype(dsid.dtype)
     if kind == "str":
@@ -469,6 +505,59 @@ def checked_tensor_dataset(
     if layout == h5py.h5d.CONTIGUOUS and dtype.isnative:
         return TensorStorage(shape, dtype, dsid.get_offset(), None, stored, dsid)
     return TensorStorage(shape, dtype, None, h5py.Dataset(dsid), stored, dsid)
+
+
+@dataclass(frozen=True)
+class PackedDataset:
+    """A checked ``packed/<dtype>`` dataset: where element 0 is, and how many there are."""
+
+    offset: int
+    dtype: np.dtype[Any]
+    length: int
+    stored: int
+    identity: Any
+
+
+def checked_packed_dataset(
+    path: Path, f: h5py.File, record_path: str, file_size: int
+) -> PackedDataset:
+    """Check a dataset of packed tensors: one-dimensional, contiguous, native, inside the file."""
+    where = f"/{record_path}"
+    dsid = _open_dataset(path, f, where)
+    layout, filters = _storage(path, dsid, where)
+    dtype = np.dtype(dsid.dtype)
+    if (
+        len(dsid.shape) != 1
+        or packed_path(dtype.name) != record_path
+        or not dtype.isnative
+        or dtype.fields is not None
+        or dtype.name not in NUMERIC_DTYPES
+        or layout != h5py.h5d.CONTIGUOUS
+        or filters
+    ):
+        raise refused(path, f"{where!r:.80} is not a contiguous one-dimensional array")
+    length = int(dsid.shape[0])
+    declared = length * dtype.itemsize
+    stored = _stored_bytes(path, dsid, where, layout, filters, declared, file_size)
+    return PackedDataset(dsid.get_offset() or 0, dtype, length, stored, dsid)
+
+
+def packed_tensor(packed: PackedDataset, offset: int, kind: str, spec: TensorSpec) -> TensorStorage:
+    """Where a packed tensor's bytes are: ``offset`` elements into ``packed``.
+
+    Raises ``ValueError`` for a tensor that does not lie inside the packed
+    dataset or whose dtype differs from its record (the caller names the tensor).
+    """
+    if kind != "bits" and dtype_name(packed.dtype) != spec.dtype:
+        raise ValueError(f"stored as {packed.dtype.name}, recorded as {spec.dtype}")
+    count = math.prod(spec.shape)
+    if offset + count > packed.length:
+        raise ValueError(
+            f"elements {offset} to {offset + count} lie outside the {packed.length} of its "
+            "packed dataset"
+        )
+    start = packed.offset + offset * packed.dtype.itemsize
+    return TensorStorage(spec.shape, packed.dtype, start, None, packed.stored, packed.identity)
 
 
 def _stored_bytes(
