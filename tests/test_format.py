@@ -22,6 +22,7 @@ from expman import (
     CheckpointManager,
     read_metadata,
 )
+from expman.checkpoints._format import PACK_MAX_BYTES
 from expman.checkpoints._state import Bits
 from tests.conftest import require_tool
 
@@ -156,8 +157,8 @@ def test_small_tensors_lie_end_to_end_in_one_dataset_per_dtype(ckpt_dir: Path) -
 
 def test_pack_max_bytes_is_the_largest_packed_array(ckpt_dir: Path) -> None:
     state = {
-        "at_limit": np.ones(2**16 // 4, np.float32),  # 64 KiB: packed
-        "over_limit": np.ones(2**16 // 4 + 1, np.float32),  # one element more: its own dataset
+        "at_limit": np.ones(PACK_MAX_BYTES // 4, np.float32),  # 1 MiB: packed
+        "over_limit": np.ones(PACK_MAX_BYTES // 4 + 1, np.float32),  # one more: its own dataset
         "text": "strings are never packed",
     }
     CheckpointManager(ckpt_dir).save(1, state, force=True)

@@ -73,7 +73,7 @@ __all__ = [
 
 FORMAT_NAME = "expman-checkpoint"
 FORMAT_VERSION = 2
-PACK_MAX_BYTES = 64 * 2**10
+PACK_MAX_BYTES = 2**20
 """Tensors of at most this many bytes are packed into one dataset per dtype by default."""
 CHECKSUM_ALGORITHM = "xxh3-64"
 _COMPRESSIONS = ("gzip", "lzf")

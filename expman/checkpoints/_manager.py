@@ -98,7 +98,7 @@ class CheckpointManager:
             tensors gives a :class:`ModelConfigChangedWarning` on restore.
         compression: None (contiguous, uncompressed), ``"gzip"`` or ``"lzf"``
             for the tensors that are not packed.
-        pack_max_bytes: arrays of at most this many bytes (64 KiB) are packed
+        pack_max_bytes: arrays of at most this many bytes (1 MiB) are packed
             into one dataset per dtype, which keeps checkpoints of thousands of
             small tensors fast; 0 gives every tensor its own dataset.
 
