@@ -136,9 +136,10 @@ def run_experiment(
     """
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
-    with contextlib.ExitStack() as reads:
-        # Every read before the command goes through one `git cat-file --batch`.
-        reads.enter_context(ws.repo.reading())
+    # Every read, before the command and for its record, goes through one `git cat-file
+    # --batch`, in its own session: a Ctrl-C in the terminal reaches expman's process group
+    # and the command's, never the reader (the record reopens it if it died all the same).
+    with ws.repo.reading():
         head = ws.head_of(name)
         ref = str(ws.ref(name))
         with ws.lock(name) as lock:
@@ -191,9 +192,6 @@ def run_experiment(
             run_dir = ws.runs_dir(name) / f"{number:03d}"
             worktree = ws.worktree_dir(name)
             ws.repo.checkout_detached(worktree, head)
-            # The reader stops before the command starts: a Ctrl-C in the terminal
-            # reaches expman's process group, and must not take git away from the record.
-            reads.close()
             environment = RunEnvironment(
                 workspace=ws.root,
                 experiment=name,
@@ -250,7 +248,7 @@ def run_experiment(
                 killed=outcome.killed,
             )
             message = run_message(record)
-            with ws.repo.reading():
+            with ws.repo.reading():  # the same reader, or a new one if it died meanwhile
                 commit = _commit_record(ws, ref, head, record, message)
             pending.recorded()
     return RunResult(
