@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -195,7 +192,7 @@ def run_experiment(
             environment = RunEnvironment(
                 workspace=ws.root,
                 experiment=name,
-                run_id=f"{name}-{number}-{secrets.token_hex(3)}",
+                run_id=f"{name}-{number}-{os.urandom(3).hex()}",  # secrets imports hashlib
                 run_dir=run_dir,
                 code_commit=head,
                 checkpoint_dir=checkpoint_dir,
@@ -556,7 +553,7 @@ def _record(
         status=status,
         exit_code=exit_code,
         command=list(run.get("command", [])),
-        host=socket.gethostname(),
+        host=os.uname().nodename,  # socket.gethostname(), without importing socket
         started=datetime.fromtimestamp(float(run.get("started", 0.0)), UTC).isoformat(
             timespec="seconds"
         ),
@@ -638,6 +635,8 @@ class _FileHashes:
         cached = self.cache.get(file.name)
         if cached and cached[:2] == key:
             return str(cached[2])
+        import hashlib  # only for a file not hashed before (OpenSSL's load: ~2 ms)
+
         with open(file, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         self.cache[file.name] = [*key, digest]
