@@ -154,7 +154,7 @@ def main() -> None:
                 )
     print(
         f"{args.experiments} experiments x {args.runs} runs, median of {args.repeats} "
-        "(target: list and compare under 1 s)\n"
+        "(target: list and compare under 0.5 s)\n"
     )
     print(
         table(

@@ -126,6 +126,28 @@ def test_push_and_pull_are_not_imported_by_other_commands() -> None:
     assert result.stdout.split() == ["[]"]
 
 
+def test_expman_run_imports_only_what_a_run_needs(workspace: Path) -> None:
+    """A run without checkpoints: no numpy, h5py, tomlkit, fsspec or socket (the host name
+    comes from os.uname)."""
+    import subprocess
+    import sys
+
+    from tests.cli import expman
+
+    assert expman(workspace, "new", "base").returncode == 0
+    unwanted = ["fsspec", "h5py", "numpy", "socket", "tomlkit"]
+    code = (
+        "import atexit, sys; atexit.register(lambda: print(sorted(set(sys.modules) & "
+        f"{set(unwanted)!r}), file=sys.stderr)); sys.argv = ['expman', 'run', 'base', '--', "
+        "'true']; from expman.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "[]"
+
+
 def test_the_architecture_comparison_is_pure() -> None:
     assert imports_of(PACKAGE / "checkpoints" / "_architecture.py") <= {
         "__future__",

@@ -225,6 +225,54 @@ def test_command_killed_first_the_run_is_recorded_and_the_lock_freed(
     assert "lost" not in after.stderr
 
 
+def git_children(pid: int) -> list[int]:
+    """The git processes that process ``pid`` started and that still run."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if parent == pid and Path(command[0].decode()).name == "git" and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_in_the_terminal_reaches_expman_and_the_command_and_the_run_is_recorded(
+    workspace: Path, flags: Path
+) -> None:
+    process, _ = start(workspace, flags, "group")
+    os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C: expman's whole group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert (flags / "got-SIGINT").exists()
+    assert stderr.splitlines()[-1].startswith(
+        "expman: run 1 of sup interrupted (SIGINT, exit 130): nothing logged or saved; recorded"
+    )
+    assert "Status: interrupted\nExit-Code: 130\nSignal: SIGINT\n" in trailers(workspace)
+
+
+def test_a_git_reader_killed_while_the_command_runs_is_replaced_for_the_record(
+    workspace: Path, flags: Path
+) -> None:
+    process, _ = start(workspace, flags, "stubborn")
+    readers = git_children(process.pid)  # the one `git cat-file --batch` of the whole run
+    assert readers
+    for reader in readers:
+        os.kill(reader, signal.SIGKILL)
+    (flags / "release").write_text("")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert stderr.splitlines()[-1].startswith(
+        "expman: run 1 of sup: nothing logged or saved; recorded as "
+    )
+    assert "Status: succeeded\nExit-Code: 0\n" in trailers(workspace)
+
+
 # -- live output ------------------------------------------------------------------------
 
 

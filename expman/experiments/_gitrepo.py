@@ -96,6 +96,10 @@ class _Conversation:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Its own session: a Ctrl-C in the terminal (SIGINT to the foreground process
+            # group) reaches expman and the command it supervises, never a git that expman
+            # still has to talk to. It ends when expman closes its input, or dies.
+            start_new_session=True,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin = self.process.stdin
@@ -118,6 +122,9 @@ class _Conversation:
 
     def read(self, size: int) -> bytes:
         return self.stdout.read(size)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -152,6 +159,9 @@ class ObjectReader:
         oid, kind, size = header
         content = self._git.read(int(size) + 1)[:-1]
         return oid.decode(), kind.decode(), content
+
+    def alive(self) -> bool:
+        return self._git.alive()
 
     def close(self) -> None:
         self._git.close()
@@ -198,8 +208,15 @@ class GitRepo:
 
     @contextmanager
     def reading(self) -> Iterator[ObjectReader]:
-        """One ``cat-file --batch`` process answers every read inside the block."""
+        """One ``cat-file --batch`` process answers every read inside the block.
+
+        Inside an open block, the open reader answers; if it died meanwhile (killed
+        while a long command ran), a new one replaces it, closed by the outer block.
+        """
         if self._reader is not None:
+            if not self._reader.alive():
+                self._reader.close()
+                self._reader = ObjectReader(self.root)
             yield self._reader
             return
         self._reader = ObjectReader(self.root)

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -136,9 +133,10 @@ def run_experiment(
     """
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
-    with contextlib.ExitStack() as reads:
-        # Every read before the command goes through one `git cat-file --batch`.
-        reads.enter_context(ws.repo.reading())
+    # Every read, before the command and for its record, goes through one `git cat-file
+    # --batch`, in its own session: a Ctrl-C in the terminal reaches expman's process group
+    # and the command's, never the reader (the record reopens it if it died all the same).
+    with ws.repo.reading():
         head = ws.head_of(name)
         ref = str(ws.ref(name))
         with ws.lock(name) as lock:
@@ -191,13 +189,10 @@ def run_experiment(
             run_dir = ws.runs_dir(name) / f"{number:03d}"
             worktree = ws.worktree_dir(name)
             ws.repo.checkout_detached(worktree, head)
-            # The reader stops before the command starts: a Ctrl-C in the terminal
-            # reaches expman's process group, and must not take git away from the record.
-            reads.close()
             environment = RunEnvironment(
                 workspace=ws.root,
                 experiment=name,
-                run_id=f"{name}-{number}-{secrets.token_hex(3)}",
+                run_id=f"{name}-{number}-{os.urandom(3).hex()}",  # secrets imports hashlib
                 run_dir=run_dir,
                 code_commit=head,
                 checkpoint_dir=checkpoint_dir,
@@ -250,7 +245,7 @@ def run_experiment(
                 killed=outcome.killed,
             )
             message = run_message(record)
-            with ws.repo.reading():
+            with ws.repo.reading():  # the same reader, or a new one if it died meanwhile
                 commit = _commit_record(ws, ref, head, record, message)
             pending.recorded()
     return RunResult(
@@ -558,7 +553,7 @@ def _record(
         status=status,
         exit_code=exit_code,
         command=list(run.get("command", [])),
-        host=socket.gethostname(),
+        host=os.uname().nodename,  # socket.gethostname(), without importing socket
         started=datetime.fromtimestamp(float(run.get("started", 0.0)), UTC).isoformat(
             timespec="seconds"
         ),
@@ -640,6 +635,8 @@ class _FileHashes:
         cached = self.cache.get(file.name)
         if cached and cached[:2] == key:
             return str(cached[2])
+        import hashlib  # only for a file not hashed before (OpenSSL's load: ~2 ms)
+
         with open(file, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         self.cache[file.name] = [*key, digest]
