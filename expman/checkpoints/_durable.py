@@ -11,7 +11,6 @@ import ctypes
 import errno
 import os
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def phase(name: str) -> None:
 
 def temporary_path(final: Path) -> Path:
     """A hidden name beside ``final`` that records the writing process."""
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
 
 
 def fsync_file(path: Path) -> None:
