@@ -599,3 +599,43 @@ def test_trailers_read_through_the_reader_are_the_ones_git_reads(workspace: Path
             if "Runs" in trailers:  # expman's own commits are read without git log
                 assert repo.commit_trailers(commit) == trailers
         assert [repo.commit_trailers(commit) for commit in commits] == [None, None, None]
+
+
+HASHED_WHILE_RUNNING = """
+import hashlib, json, pathlib, sys, time
+import numpy as np
+import expman
+
+ckpts = expman.CheckpointManager()
+for step in (1, 2):
+    ckpts.save(step, {"w": np.full(1000, step, np.float32)}, force=True)
+cache = pathlib.Path(sys.argv[1])
+files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpts.directory.glob("ckpt-*")}
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:  # expman hashes committed checkpoints while this runs
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if {name: entry[2] for name, entry in known.items()} == files:
+        print("hashed while running:", sorted(files))
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("expman did not hash the checkpoints while the command ran")
+ckpts.save(3, {"w": np.full(1000, 3, np.float32)}, force=True)
+"""
+
+
+def test_checkpoints_are_hashed_for_the_record_while_the_command_runs(workspace: Path) -> None:
+    """A run's record waits only for the files saved at its very end to be hashed."""
+    assert expman(workspace, "new", "hashed").returncode == 0
+    cache = workspace / ".expman" / "cache" / "sha256-hashed.json"
+    ran = expman(workspace, "run", "hashed", "--", "python", "-c", HASHED_WHILE_RUNNING, str(cache))
+    assert ran.returncode == 0, ran.stderr
+    assert "hashed while running: ['ckpt-000001.h5', 'ckpt-000002.h5']" in ran.stdout
+    ckpt_dir = workspace / ".expman" / "checkpoints" / "hashed"
+    checkpoints = json.loads(
+        read_branch_file(workspace, "exp/hashed", "expman-runs/hashed/001/checkpoints.json")
+    )
+    assert {c["file"]: c["sha256"] for c in checkpoints} == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt_dir.glob("ckpt-*")
+    }
+    assert len(checkpoints) == 3

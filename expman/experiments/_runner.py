@@ -41,6 +41,7 @@ from expman.experiments._config import (
     parse_config,
 )
 from expman.experiments._gitrepo import RefUpdateError
+from expman.experiments._hashes import CheckpointHashes
 from expman.experiments._lock import ExperimentLock
 from expman.experiments._names import validate_name
 from expman.experiments._records import (
@@ -217,15 +218,17 @@ def run_experiment(
                     "checkpoints_before": sorted(own),
                 },
             )
-            outcome = _execute(
-                _resolve_command(command),
-                worktree,
-                {**os.environ, **environment.to_env()},
-                pending,
-                lock,
-                out,
-                err,
-            )
+            hashes = _checkpoint_hashes(ws, name)
+            with hashes.while_running(checkpoint_dir):  # the record's sha256, hashed meanwhile
+                outcome = _execute(
+                    _resolve_command(command),
+                    worktree,
+                    {**os.environ, **environment.to_env()},
+                    pending,
+                    lock,
+                    out,
+                    err,
+                )
             duration = time.time() - started
             refusal = _read_refusal(run_dir)
             status, exit_code = _status(outcome, refusal)
@@ -241,6 +244,7 @@ def run_experiment(
                 checkpoint_dir=checkpoint_dir,
                 refusal=refusal,
                 key_metric_mode=(config.key_metric, config.key_metric_mode),
+                hashes=hashes,
                 signal_name=signal.Signals(outcome.received).name if outcome.received else None,
                 killed=outcome.killed,
             )
@@ -489,6 +493,7 @@ def _record_lost_run(
         checkpoint_dir=checkpoint_dir,
         refusal=_read_refusal(run_dir),
         key_metric_mode=(None, "min"),
+        hashes=_checkpoint_hashes(ws, name),
         log=str(log),
     )
     commit = _commit_record(ws, ref, head, record, run_message(record))
@@ -511,6 +516,10 @@ def _read_refusal(run_dir: Path) -> str | None:
     return str(report.get("message", "the architecture differs"))
 
 
+def _checkpoint_hashes(ws: Workspace, name: str) -> CheckpointHashes:
+    return CheckpointHashes(ws.state_dir / "cache" / f"sha256-{name}.json")
+
+
 def _record(
     ws: Workspace,
     name: str,
@@ -524,6 +533,7 @@ def _record(
     checkpoint_dir: Path,
     refusal: str | None,
     key_metric_mode: tuple[str | None, str],
+    hashes: CheckpointHashes,
     signal_name: str | None = None,
     killed: bool = False,
     log: str | None = None,
@@ -532,7 +542,6 @@ def _record(
     catalog = CheckpointDirectory(checkpoint_dir)
     infos = catalog.infos() if catalog.steps() else []
     valid = [info for info in infos if info.valid]
-    hashes = _FileHashes(ws.state_dir / "cache" / f"sha256-{name}.json")
     checkpoints = [
         CheckpointEntry(i.step, i.path.name, i.size, hashes.of(i.path), dict(i.metrics))
         for i in valid
@@ -617,32 +626,3 @@ def _commit_record(ws: Workspace, ref: str, head: str, record: RunRecord, messag
                 raise
             head = current
     raise RefUpdateError(f"{ref} keeps moving; the run record could not be committed")
-
-
-class _FileHashes:
-    """sha256 of checkpoint files, cached by name, size and mtime (files never change)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.cache: dict[str, list[Any]] = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            self.cache = {}
-
-    def of(self, file: Path) -> str:
-        stat = file.stat()
-        key = [stat.st_size, stat.st_mtime_ns]
-        cached = self.cache.get(file.name)
-        if cached and cached[:2] == key:
-            return str(cached[2])
-        import hashlib  # only for a file not hashed before (OpenSSL's load: ~2 ms)
-
-        with open(file, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        self.cache[file.name] = [*key, digest]
-        return digest
-
-    def save(self) -> None:
-        with contextlib.suppress(OSError):  # only a cache
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.cache), encoding="utf-8")
