@@ -220,6 +220,10 @@ def test_model_config_change_with_same_tensors_warns(ckpt_dir: Path) -> None:
         f"checkpoint {ckpt_dir}/ckpt-000001.h5 was saved with another model config, with "
         'the same tensors: activation: checkpoint "relu" vs model "tanh"'
     )
+    assert record[0].filename == __file__  # the warning points at the caller's restore()
+    with pytest.warns(ModelConfigChangedWarning) as record:
+        assert manager.restore_latest(zeros_like_state(state)) == 1
+    assert record[0].filename == __file__
 
 
 def test_checkpoints_are_never_overwritten(ckpt_dir: Path) -> None:

@@ -55,6 +55,7 @@ from expman.checkpoints._format import (
     read_tensors,
     write_checkpoint,
 )
+from expman.checkpoints._gc import collector_paused
 from expman.checkpoints._policy import CheckpointPolicy, select_kept
 from expman.checkpoints._state import Leaf, Slot, fillable, state_leaves, state_slots, to_leaf
 from expman.checkpoints._writer import BackgroundWriter
@@ -253,13 +254,14 @@ class CheckpointManager:
                 "first (restore_latest, or expman.torch.restore) to continue from it, or use "
                 "another directory"
             )
-        leaves = state_leaves(state() if callable(state) else state)
-        if self._writer is None:
-            self._write(step, leaves, metrics)
-        else:
-            self._raise_background_error()  # waits: the staging buffers are free after it
-            copies = [self._stage(leaf) for leaf in leaves]
-            self._writer.submit(f"step {step}", lambda: self._write(step, copies, metrics))
+        with collector_paused():  # on the caller's thread only: never while training goes on
+            leaves = state_leaves(state() if callable(state) else state)
+            if self._writer is None:
+                self._write(step, leaves, metrics)
+            else:
+                self._raise_background_error()  # waits: the staging buffers are free after it
+                copies = [self._stage(leaf) for leaf in leaves]
+                self._writer.submit(f"step {step}", lambda: self._write(step, copies, metrics))
         # With async_save the write may still fail; it is then raised at the next call.
         self._latest_step = step
         self._saved_any = True
@@ -497,6 +499,16 @@ class CheckpointManager:
         partial: bool | None,
         required: bool,
     ) -> int:
+        with collector_paused():
+            return self._restore_paused(into, step, partial, required)
+
+    def _restore_paused(
+        self,
+        into: MutableMapping[str, Any],
+        step: int | None,
+        partial: bool | None,
+        required: bool,
+    ) -> int:
         meta = self.checkpoint_for_restore(step, required=required)
         if meta is None:
             self.last_restore = None
@@ -504,11 +516,11 @@ class CheckpointManager:
         slots = state_slots(into)
         model = _architecture([to_leaf(n, s.value) for n, s in slots.items()], self.model_config)
         # Warnings point at the caller of restore() / restore_latest().
-        diff = self.check_architecture(meta, model, partial=partial, stacklevel=4)
+        diff = self.check_architecture(meta, model, partial=partial, stacklevel=5)
         destinations = {n: fillable(slots[n].value) for n in diff.matching}
         for name, value in self.read(meta, names=diff.matching, into=destinations).items():
             _assign(slots[name], value)
-        self.report_restore(meta, diff, stacklevel=4)
+        self.report_restore(meta, diff, stacklevel=5)
         return meta.step
 
     def checkpoint_for_restore(
@@ -625,7 +637,8 @@ class CheckpointManager:
     ) -> dict[str, Any]:
         """:meth:`load` for a checkpoint already chosen (see :meth:`checkpoint_for_restore`)."""
         wanted = [r.name for r in checkpoint.tensors] if names is None else list(names)
-        return read_tensors(checkpoint, wanted, dict(into or {}))
+        with collector_paused():
+            return read_tensors(checkpoint, wanted, dict(into or {}))
 
     def _path_of(self, step: int | None) -> Path:
         path = self._find(step)
