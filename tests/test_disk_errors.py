@@ -150,3 +150,27 @@ def _fill_levels(small_filesystem: Path) -> None:
     reader = CheckpointManager(directory)
     for step in (1, 2):
         np.testing.assert_array_equal(reader.load(step)["w"], state(step)["w"])
+
+
+def test_short_writes_and_reads_still_move_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pwritev and preadv may move fewer bytes than asked (a signal, a network filesystem)."""
+    import os
+
+    from expman.checkpoints import _durable
+
+    def at_most_7_bytes(call):  # type: ignore[no-untyped-def]
+        def short(fd: int, views: list[memoryview], offset: int) -> int:
+            return int(call(fd, [views[0][:7]], offset))
+
+        return short
+
+    monkeypatch.setattr(_durable.os, "pwritev", at_most_7_bytes(os.pwritev))
+    monkeypatch.setattr(_durable.os, "preadv", at_most_7_bytes(os.preadv))
+    state = {f"t{i}": np.arange(i, 3 * i + 5, dtype=np.float32) for i in range(20)}
+    CheckpointManager(tmp_path).save(1, state, force=True)  # small tensors: packed
+    target = {name: np.zeros_like(value) for name, value in state.items()}
+    assert CheckpointManager(tmp_path).restore_latest(target) == 1
+    for name, value in state.items():
+        np.testing.assert_array_equal(target[name], value)
