@@ -24,7 +24,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from expman import CheckpointCorruptError, CheckpointError, CheckpointFormatError, CheckpointManager
+from expman import (
+    Bits,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointFormatError,
+    CheckpointManager,
+)
 
 SECRET = '{"token": "s3cr3t-token-never-read"}'
 REMEDY = "restore another step, or move the file away"
@@ -36,6 +42,7 @@ def state(step: int) -> dict[str, Any]:
         "dnn/hiddenlayer_0/kernel": np.full((4, 10), step, np.float32),
         "dnn/logits/kernel": np.full((10, 3), step, np.float32),
         "global_step": step,
+        "dnn/logits/bias16": Bits(np.full(3, step, np.uint16), "bfloat16"),
     }
 
 
@@ -238,6 +245,21 @@ def packed_entry(name: str, **changes: Any) -> Callable[[h5py.File, Path], None]
         replace(f, "meta/tensors", lambda: json.dumps(manifest))
 
     return change
+
+
+def overlapping_tensor(f: h5py.File, scratch: Path) -> None:
+    """A tensor of the architecture whose packed range starts inside another's."""
+    manifest = json.loads(f["meta/tensors"][()])
+    arch = json.loads(f["meta/architecture"][()])
+    manifest.append(dict(manifest[0], name="dnn/shifted", offset=1))
+    arch["tensors"].append({"name": "dnn/shifted", "shape": [4, 10], "dtype": "float32"})
+    arch["tensors"].sort(key=lambda t: t["name"])
+    replace(f, "meta/tensors", lambda: json.dumps(manifest))
+    replace(f, "meta/architecture", lambda: json.dumps(arch))
+
+
+def deep_params(f: h5py.File, scratch: Path) -> None:
+    replace(f, "meta/params", lambda: '{"k":' * 101 + "1" + "}" * 101)
 
 
 def packed_in_version_1(f: h5py.File, scratch: Path) -> None:
@@ -501,6 +523,60 @@ CASES = [
         F,
         "tensor 'global_step' is stored at an unexpected path",
         packed=True,
+    ),
+    Case(
+        "a float32 array recorded as a string, at a packed offset",
+        rewrite("packed_as_str", packed_entry("dnn/logits/kernel", kind="str")),
+        C,
+        "/meta/tensors records 'dnn/logits/kernel' as str, /meta/architecture as [10, 3] float32",
+        packed=True,
+    ),
+    Case(
+        "a float32 array recorded as bits",
+        rewrite("packed_as_bits", packed_entry("dnn/logits/kernel", kind="bits")),
+        C,
+        "/meta/tensors records 'dnn/logits/kernel' as bits, /meta/architecture as [10, 3] float32",
+        packed=True,
+    ),
+    Case(
+        "an int64 step recorded as a bool",
+        rewrite("int_as_bool", packed_entry("global_step", kind="bool")),
+        C,
+        "/meta/tensors records 'global_step' as bool, /meta/architecture as [] int64",
+        packed=True,
+    ),
+    Case(
+        "bfloat16 bits packed among 8-bit integers (half its bytes)",
+        rewrite("bits_in_uint8", packed_entry("dnn/logits/bias16", path="packed/uint8")),
+        F,
+        "tensor 'dnn/logits/bias16' is stored at an unexpected path",
+        packed=True,
+    ),
+    Case(
+        "bfloat16 bits in their own dataset of 8-bit integers",
+        rewrite(
+            "bits_dataset_uint8",
+            lambda f, scratch: replace(
+                f, "tensors/dnn/logits/bias16:0", lambda: np.zeros(3, np.uint8)
+            ),
+        ),
+        C,
+        "'dnn/logits/bias16' (stored as [3] uint8, recorded as [3] bfloat16)",
+        stage="read",
+    ),
+    Case(
+        "a tensor whose packed range starts inside another's",
+        rewrite("overlapping_tensor", overlapping_tensor),
+        C,
+        "tensors 'dnn/hiddenlayer_0/kernel' and 'dnn/shifted' overlap in the file",
+        stage="load",
+        packed=True,
+    ),
+    Case(
+        "params nested 101 levels deep",
+        rewrite("deep_params", deep_params),
+        C,
+        "/meta/params nests deeper than 100 levels",
     ),
     Case(
         "packed tensors in a file of format version 1",

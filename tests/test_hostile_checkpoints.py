@@ -295,3 +295,49 @@ def test_a_mode_000_checkpoint_is_a_read_error_on_every_path(tmp_path: Path) -> 
         }
     finally:
         shutil.rmtree(shared)
+
+
+def test_tied_names_share_one_array_so_a_load_allocates_what_the_file_holds(
+    tmp_path: Path,
+) -> None:
+    """300 names tied to one 1 MiB tensor: a load must not allocate 300 MiB."""
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(1, {"x": np.arange(2**18, dtype=np.float32)}, force=True)
+    path = tmp_path / "ckpt-000001.h5"
+    with h5py.File(path, "r+") as f:
+        manifest = json.loads(f["meta/tensors"][()])
+        arch = json.loads(f["meta/architecture"][()])
+        manifest += [dict(manifest[0], name=f"x{i}") for i in range(300)]
+        arch["tensors"] += [dict(arch["tensors"][0], name=f"x{i}") for i in range(300)]
+        arch["tensors"].sort(key=lambda t: t["name"])
+        for name, value in (("meta/tensors", manifest), ("meta/architecture", arch)):
+            del f[name]
+            f[name] = json.dumps(value)
+    loaded = CheckpointManager(tmp_path).load()
+    assert len(loaded) == 301
+    assert len({id(value) for value in loaded.values()}) == 1
+    np.testing.assert_array_equal(loaded["x299"], np.arange(2**18, dtype=np.float32))
+
+
+def test_a_reader_deep_in_its_own_stack_gets_an_expman_error(three_steps: Path) -> None:
+    """Params nested 100 deep (allowed), read 900 frames down: an expman error."""
+    path = three_steps / "ckpt-000003.h5"
+    with h5py.File(path, "r+") as f:
+        del f["meta/params"]
+        f["meta/params"] = '{"k":' * 100 + "1" + "}" * 100
+
+    def deep(frames: int, file: Path) -> Any:
+        return read_metadata(file) if frames == 0 else deep(frames - 1, file)
+
+    assert deep(300, path).params["k"]["k"]["k"]
+    stranger = three_steps.parent / "copy" / path.name  # checked by the helper process again
+    stranger.parent.mkdir()
+    shutil.copy(path, stranger)
+    with pytest.raises(CheckpointCorruptError) as caught:
+        deep(900, stranger)
+    assert str(caught.value) == (
+        f"{stranger} has damaged metadata (its metadata nests too deeply to be read this deep "
+        "in the stack): restore another step, or move the file away"
+    )
+    with pytest.raises(CheckpointCorruptError, match="has damaged metadata"):
+        deep(900, path)  # known sound in this process: parsed here, as deep

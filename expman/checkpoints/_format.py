@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from expman.checkpoints._validate import (
     META_DATASETS,
     PackedDataset,
     TensorStorage,
+    check_depth,
     check_links,
     check_meta_dataset,
     check_objects,
@@ -537,6 +539,8 @@ def _metadata(path: Path, f: h5py.File, fd: int, info: os.stat_result) -> Checkp
         attrs = checked_root_attributes(path, f, FORMAT_VERSION)
         names = check_links(path, f)
         values = {name: _read_json(path, f, name, fd) for name in META_DATASETS}
+        for name in ("architecture", "params"):
+            check_depth(path, f"/meta/{name}", values[name])
         architecture = checked_architecture(path, values["architecture"])
         manifest = checked_manifest(path, values["tensors"], architecture, attrs.format_version)
         paths = [item["path"] for item in manifest]
@@ -624,14 +628,25 @@ def read_tensors(
             datasets = _checked_datasets(f, metadata, names, fd, info.st_size)
             small = _SmallReads(fd)
             read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]] = []
+            tied: dict[Any, tuple[np.ndarray[Any, Any] | str, _Checksum]] = {}
             for name in names:
-                record = records[name]
+                record, storage, destination = records[name], datasets[name], destinations.get(name)
+                # Tied tensors (one stored tensor under several names) share one array
+                # unless each has its own destination: a read allocates no more than the
+                # file holds.
+                key = (
+                    storage.identity if storage.offset is None else storage.offset,
+                    storage.shape,
+                    storage.dtype,
+                )
+                if key in tied and not _fits(destination, storage):
+                    read.append((record, *tied[key]))
+                    continue
                 try:
-                    value, digest = _read_value(
-                        datasets[name], fd, hasher, small, record, destinations.get(name)
-                    )
+                    value, digest = _read_value(storage, fd, hasher, small, record, destination)
                 except _READ_ERRORS as error:
                     raise _unreadable(path, name, error) from error
+                tied.setdefault(key, (value, digest))
                 read.append((record, value, digest))
             small.read(path)
             return _verified(path, read, specs)
@@ -665,18 +680,42 @@ def _checked_datasets(
 ) -> dict[str, TensorStorage]:
     records = {record.name: record for record in metadata.tensors}
     storages = _TensorStorages(f, metadata, fd, size)
-    datasets, stored = {}, {}
+    datasets = {}
     for name in names:
         try:
-            storage = storages.checked(records[name])
+            datasets[name] = storages.checked(records[name])
         except CheckpointError:
             raise
         except _READ_ERRORS as error:
             raise _unreadable(metadata.path, name, error) from error
-        datasets[name] = storage
-        stored[storage.identity] = storage.stored  # a tied tensor's bytes count once
-    check_tensor_sizes(metadata.path, sum(stored.values()), size)
+    check_tensor_sizes(metadata.path, _stored_bytes(metadata.path, datasets), size)
     return datasets
+
+
+def _stored_bytes(path: Path, datasets: Mapping[str, TensorStorage]) -> int:
+    """The file bytes the tensors occupy: a tied tensor's count once, and none overlap.
+
+    Tensors read from a byte range of the file (a contiguous dataset, a packed
+    tensor) may share their exact range (ties) but never part of one, so that
+    the arrays a read allocates add up to no more than the file's size.
+    """
+    stored: dict[Any, int] = {}
+    spans: dict[tuple[int, int], str] = {}
+    for name, storage in datasets.items():
+        if storage.offset is None:
+            stored[storage.identity] = storage.stored
+        elif nbytes := _nbytes(storage):
+            spans.setdefault((storage.offset, nbytes), name)
+    end, last = 0, ""
+    for (start, nbytes), name in sorted(spans.items()):
+        if start < end:
+            raise damaged(path, f"tensors {last!r:.60} and {name!r:.60} overlap in the file")
+        end, last = start + nbytes, name
+    return sum(stored.values()) + sum(nbytes for _, nbytes in spans)
+
+
+def _nbytes(storage: TensorStorage) -> int:
+    return math.prod(storage.shape) * storage.dtype.itemsize
 
 
 def _unreadable(path: Path, name: str, error: BaseException) -> CheckpointCorruptError:
@@ -738,14 +777,7 @@ def _read_array(
     into the array, 16 MiB at a time (a small one through ``small``); anything
     else goes through HDF5.
     """
-    fits = (
-        isinstance(destination, np.ndarray)
-        and destination.shape == storage.shape
-        and destination.dtype == storage.dtype
-        and destination.flags.c_contiguous
-        and destination.flags.writeable
-    )
-    target = destination if fits else np.empty(storage.shape, storage.dtype)
+    target = destination if _fits(destination, storage) else np.empty(storage.shape, storage.dtype)
     data = target.reshape(-1).view(np.uint8).data
     if data.nbytes <= _INLINE_HASH_BYTES:
         if data.nbytes and storage.offset is not None:
@@ -763,6 +795,17 @@ def _read_array(
         storage.dataset.read_direct(target)
         hasher.submit(state.update, data)
     return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
+
+
+def _fits(destination: Any, storage: TensorStorage) -> bool:
+    """Whether the tensor can be read straight into ``destination``."""
+    return (
+        isinstance(destination, np.ndarray)
+        and destination.shape == storage.shape
+        and destination.dtype == storage.dtype
+        and destination.flags.c_contiguous
+        and destination.flags.writeable
+    )
 
 
 class _SmallReads:

@@ -149,7 +149,12 @@ def _ask(path: Path, limit: float) -> dict[str, Any]:
         _stop()
         raise
     if line is not None and line:
-        answer: dict[str, Any] = json.loads(line)
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except RecursionError:  # the caller's own stack is nearly full
+            detail = "its metadata nests too deeply to be read this deep in the stack"
+            message = f"{path} has damaged metadata ({detail}): {CHECKPOINT_REMEDY}"
+            return {"error": "CheckpointCorruptError", "message": message}
         return answer
     _stop()
     if line is None:

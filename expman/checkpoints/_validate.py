@@ -36,11 +36,13 @@ from expman.checkpoints._layout import packed_path, step_of_filename, tensor_pat
 from expman.checkpoints._state import dtype_name
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_METADATA_BYTES",
     "META_DATASETS",
     "PackedDataset",
     "RootAttributes",
     "TensorStorage",
+    "check_depth",
     "check_links",
     "check_meta_dataset",
     "check_objects",
@@ -62,6 +64,8 @@ __all__ = [
 
 MAX_METADATA_BYTES = 64 * 2**20
 """The largest JSON text a ``/meta`` dataset may hold (64 MiB)."""
+MAX_JSON_DEPTH = 100
+"""How deep the JSON of params, metrics and the model config may nest."""
 
 META_DATASETS = ("architecture", "metrics", "params", "tensors")
 KINDS = ("array", "numpy", "bool", "int", "float", "str", "bits")
@@ -79,6 +83,15 @@ ALLOWED_FILTERS = frozenset({h5py.h5z.FILTER_DEFLATE, 32000})
 # deflate expands at most 1032:1, so a compressed tensor declaring more is forged.
 MAX_EXPANSION = 1032
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# The carrier width of the ``bits`` dtypes expman.torch writes; another name may use any.
+BITS_WIDTHS = {
+    "bfloat16": 16,
+    **dict.fromkeys(
+        ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"), 8
+    ),
+}
+# The dtype and shape a tensor of each kind has; "array" and "bits" are checked apart.
+_SCALAR_KINDS = {"bool": "bool", "int": "int64", "float": "float64", "str": "str"}
 _CHECKSUM = re.compile(r"^xxh3-64:[0-9a-f]{16}$")
 _DTYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -357,6 +370,23 @@ def checked_mapping(path: Path, name: str, value: Any, *, numbers: bool = False)
     return value
 
 
+def check_depth(path: Path, where: str, value: Any) -> None:
+    """JSON from ``where`` nests at most :data:`MAX_JSON_DEPTH` levels deep.
+
+    A deeper one would make whoever parses it again (the reader of the
+    helper's answer, a caller deep in its own stack) hit Python's recursion
+    limit: the same file would read or not depending on the caller.
+    """
+    level = [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise damaged(path, f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
+            children = item.values() if isinstance(item, dict) else item
+            level.extend((child, depth + 1) for child in children)
+
+
 def checked_architecture(path: Path, value: Any) -> Architecture:
     """``/meta/architecture``: unique names, shapes of non-negative ints, short dtype names."""
     if not isinstance(value, dict) or not isinstance(value.get("tensors"), list):
@@ -406,6 +436,13 @@ def checked_manifest(
             raise damaged(path, "/meta/tensors has a malformed entry")
         if item["kind"] not in KINDS or not _CHECKSUM.match(item["checksum"]):
             raise damaged(path, f"/meta/tensors has a malformed entry for {item['name']!r:.60}")
+        spec = specs.get(item["name"])
+        if spec is not None and not _kind_fits(item["kind"], spec):
+            raise damaged(
+                path,
+                f"/meta/tensors records {item['name']!r:.60} as {item['kind']}, "
+                f"/meta/architecture as {spec.describe()}",
+            )
         if "offset" in item:
             _check_packed_entry(path, item, specs.get(item["name"]), version)
         elif item["path"] != tensor_path(item["name"]):
@@ -414,6 +451,21 @@ def checked_manifest(
     if len(set(names)) != len(names) or set(names) != set(specs):
         raise damaged(path, "/meta/tensors and /meta/architecture list different tensors")
     return value
+
+
+def _kind_fits(kind: str, spec: TensorSpec) -> bool:
+    """Whether a value of ``kind`` can have the recorded dtype and shape."""
+    if kind in _SCALAR_KINDS:
+        return spec.dtype == _SCALAR_KINDS[kind] and spec.shape == ()
+    if kind == "bits":
+        return spec.dtype not in NUMERIC_DTYPES and spec.dtype != "str"
+    return spec.dtype in NUMERIC_DTYPES and (kind == "array" or spec.shape == ())
+
+
+def _bits_carrier_fits(spec: TensorSpec, carrier: np.dtype[Any]) -> bool:
+    """An unsigned integer dtype of the recorded bits dtype's width, where it is known."""
+    width = BITS_WIDTHS.get(spec.dtype)
+    return carrier.kind == "u" and (width is None or carrier.itemsize * 8 == width)
 
 
 def _check_packed_entry(
@@ -425,8 +477,11 @@ def _check_packed_entry(
         raise damaged(path, f"/meta/tensors has a malformed entry for {name!r:.60}")
     if spec is None:
         return  # reported below: the manifest and the architecture differ
-    if item["kind"] == "bits":
-        allowed = {packed_path(f"uint{bits}") for bits in (8, 16, 32, 64)}
+    if item["kind"] == "str":
+        allowed = set()
+    elif item["kind"] == "bits":
+        carriers = [np.dtype(f"uint{bits}") for bits in (8, 16, 32, 64)]
+        allowed = {packed_path(c.name) for c in carriers if _bits_carrier_fits(spec, c)}
     else:
         allowed = {packed_path(spec.dtype)} if spec.dtype in NUMERIC_DTYPES else set()
     if item["path"] not in allowed:
@@ -496,7 +551,11 @@ def checked_tensor_dataset(
     if dtype.fields is not None or dtype.subdtype is not None or dtype.name not in NUMERIC_DTYPES:
         raise TypeError(f"dtype {dtype} is not numeric")
     recorded = dtype.name if kind != "bits" else spec.dtype
-    if shape != spec.shape or recorded != spec.dtype or (kind == "bits" and dtype.kind != "u"):
+    if (
+        shape != spec.shape
+        or recorded != spec.dtype
+        or (kind == "bits" and not _bits_carrier_fits(spec, dtype))
+    ):
         raise ValueError(
             f"stored as {list(shape)} {dtype.name}, recorded as {list(spec.shape)} {spec.dtype}"
         )
