@@ -634,11 +634,7 @@ def read_tensors(
                 # Tied tensors (one stored tensor under several names) share one array
                 # unless each has its own destination: a read allocates no more than the
                 # file holds.
-                key = (
-                    storage.identity if storage.offset is None else storage.offset,
-                    storage.shape,
-                    storage.dtype,
-                )
+                key = _tie_key(storage)
                 if key in tied and not _fits(destination, storage):
                     read.append((record, *tied[key]))
                     continue
@@ -795,6 +791,12 @@ def _read_array(
         storage.dataset.read_direct(target)
         hasher.submit(state.update, data)
     return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
+
+
+def _tie_key(storage: TensorStorage) -> tuple[Any, ...]:
+    """The same for two names of one stored tensor (one dataset, or one packed range)."""
+    where = storage.identity if storage.offset is None else storage.offset
+    return (where, storage.shape, storage.dtype)
 
 
 def _fits(destination: Any, storage: TensorStorage) -> bool:
