@@ -18,14 +18,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
+import numpy as np
 import pytest
 
 from expman import CheckpointCorruptError, CheckpointManager, CheckpointReadError, read_metadata
 from expman.checkpoints import _sandbox
 from tests.cli import expman
-from tests.hostile_checkpoints import SECRET, state
+from tests.hostile_checkpoints import SECRET
 from tests.test_fuzz_checkpoints import apply_bytes, apply_edits
 
 LOOP_EDITS = [("external_storage", "meta/params"), ("overwrite", 2266, b"\x89HDF\r\n\x1a\n")]
@@ -46,12 +48,22 @@ def limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXPMAN_HDF5_TIME_LIMIT", LIMIT)
 
 
+def fuzzer_state(step: int) -> dict[str, Any]:
+    """The state the fuzzer's files held when it found the loops below."""
+    return {
+        "dnn/hiddenlayer_0/kernel": np.full((4, 10), step, np.float32),
+        "dnn/logits/kernel": np.full((10, 3), step, np.float32),
+        "global_step": step,
+    }
+
+
 def fuzzer_original(directory: Path) -> Path:
     """The fuzzer's original checkpoints (steps 1 and 2) as they were when it found the
-    loops below (one dataset per tensor); returns step 2's file."""
+    loops below (one dataset per tensor): the byte edits below land where they did then.
+    Returns step 2's file."""
     with CheckpointManager(directory, params={"lr": 0.1}, pack_max_bytes=0) as manager:
         for step in (1, 2):
-            manager.save(step, state(step), metrics={"loss": 1 / step}, force=True)
+            manager.save(step, fuzzer_state(step), metrics={"loss": 1 / step}, force=True)
     return directory / "ckpt-000002.h5"
 
 
@@ -99,7 +111,7 @@ def test_a_file_hdf5_loops_on_is_corrupt_within_the_limit(tmp_path: Path, limit:
     assert time.monotonic() - started < 2 + 5  # the limit, and the helper's start
     # Restoring refuses the same file (not a fall back to step 1, nor a start from scratch).
     with pytest.raises(CheckpointCorruptError) as caught:
-        CheckpointManager(directory).restore_latest(into=state(0))
+        CheckpointManager(directory).restore_latest(into=fuzzer_state(0))
     assert str(caught.value) == timed_out(path)
     infos = CheckpointManager(directory).checkpoints()
     assert [(i.step, i.error) for i in infos] == [(1, None), (2, timed_out(path))]
@@ -162,6 +174,7 @@ def test_a_helper_that_crashes_is_reported_and_replaced(tmp_path: Path) -> None:
 WRITER = """\
 import os, shutil, sys
 from pathlib import Path
+from typing import Any
 import numpy as np
 from expman import CheckpointManager, read_metadata
 
