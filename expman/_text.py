@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from expman._errors import UsageError
 
-__all__ = ["one_line", "refuse_control_characters"]
+__all__ = ["has_control_character", "one_line", "refuse_control_characters"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
@@ -24,10 +24,15 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds a newline, tab, carriage return or another control character."""
+    return _CONTROL.search(text) is not None
+
+
 def refuse_control_characters(names: Iterable[str], what: str) -> None:
     """Raise UsageError for the first name holding a control character (newline, tab, ...)."""
     for name in names:
-        if _CONTROL.search(name):
+        if has_control_character(name):
             raise UsageError(
                 f"{what} name {name!r} contains a control character (newline, tab, ...): "
                 "use printable names such as 'val_loss'"

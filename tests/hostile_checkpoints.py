@@ -417,6 +417,12 @@ CASES = [
         "/meta/tensors is not a list",
     ),
     Case(
+        "a metric named with a carriage return (found by the fuzzer: it broke `expman show`)",
+        rewrite("metric_carriage_return", set_json("meta/metrics", {"\r": 0.0})),
+        C,
+        "metric '\\r' has a control character in its name",
+    ),
+    Case(
         "metrics that are not an object",
         rewrite("metrics_list", set_json("meta/metrics", [1, 2])),
         C,

@@ -31,6 +31,7 @@ from expman._errors import (
     CheckpointFormatError,
     CheckpointReadError,
 )
+from expman._text import has_control_character
 from expman.checkpoints._architecture import Architecture, TensorSpec
 from expman.checkpoints._layout import packed_path, step_of_filename, tensor_path
 from expman.checkpoints._state import dtype_name
@@ -367,6 +368,8 @@ def checked_mapping(path: Path, name: str, value: Any, *, numbers: bool = False)
         for key, item in value.items():
             if isinstance(item, bool) or not isinstance(item, int | float):
                 raise damaged(path, f"metric {key!r} is not a number")
+            if has_control_character(key):  # save refuses them: listings print names raw
+                raise damaged(path, f"metric {key!r} has a control character in its name")
     return value
 
 
