@@ -497,3 +497,17 @@ def test_a_required_restore_from_an_empty_directory_raises_instead_of_starting_o
     assert typo.restore_latest(into=state) == 0  # without required: a fresh start, as before
     typo.close()
     assert CheckpointManager(tmp_path / "run").restore(into=state, required=True) == 7
+
+
+def test_a_tensor_name_with_a_newline_stays_on_its_own_line_of_the_refusal(
+    ckpt_dir: Path,
+) -> None:
+    """A name may hold a newline: printed raw, it would forge a line of the message."""
+    forged = "extra\n  w: checkpoint [9] vs model [3]"
+    CheckpointManager(ckpt_dir).save(1, {"w": np.zeros(3), forged: np.zeros(2)}, force=True)
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        CheckpointManager(ckpt_dir).restore({"w": np.ones(3)})
+    assert str(caught.value).splitlines()[1:-1] == [
+        "  extra\\x0a  w: checkpoint [9] vs model [3]: not in the model (checkpoint has [2] "
+        "float64)",
+    ]

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from expman._text import one_line
+
 __all__ = [
     "Architecture",
     "ArchitectureDiff",
@@ -137,20 +139,20 @@ class ArchitectureDiff:
         theirs = self.checkpoint.by_name()
         return [
             *(
-                f"{c.name}: checkpoint {format_shape(c.checkpoint)} vs model "
+                f"{one_line(c.name)}: checkpoint {format_shape(c.checkpoint)} vs model "
                 f"{format_shape(c.model)}"
                 for c in self.shape_changes
             ),
             *(
-                f"{c.name}: dtype checkpoint {c.checkpoint} vs model {c.model}"
+                f"{one_line(c.name)}: dtype checkpoint {c.checkpoint} vs model {c.model}"
                 for c in self.dtype_changes
             ),
             *(
-                f"{name}: missing from the checkpoint (model has {ours[name].describe()})"
+                f"{one_line(name)}: missing from the checkpoint (model has {ours[name].describe()})"
                 for name in self.missing
             ),
             *(
-                f"{name}: not in the model (checkpoint has {theirs[name].describe()})"
+                f"{one_line(name)}: not in the model (checkpoint has {theirs[name].describe()})"
                 for name in self.unexpected
             ),
         ]
@@ -159,7 +161,7 @@ class ArchitectureDiff:
         before = _flatten_config(self.checkpoint.config)
         after = _flatten_config(self.model.config)
         return [
-            f"{key}: checkpoint {_show(before, key)} vs model {_show(after, key)}"
+            f"{one_line(key)}: checkpoint {_show(before, key)} vs model {_show(after, key)}"
             for key in self.config_changes
         ]
 
