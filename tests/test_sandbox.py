@@ -67,6 +67,15 @@ def fuzzer_original(directory: Path) -> Path:
     return directory / "ckpt-000002.h5"
 
 
+def strangers_copy(tmp_path: Path) -> Path:
+    """A copy of the fuzzer's original step 2: a file this process never wrote nor checked."""
+    path = fuzzer_original(tmp_path / "model_dir")
+    stranger = tmp_path / "copy" / path.name
+    stranger.parent.mkdir()
+    shutil.copy(path, stranger)
+    return stranger
+
+
 def make_it_loop(path: Path, scratch: Path) -> None:
     """Damage ``path`` with the edits HDF5 loops forever on."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -243,10 +252,7 @@ def test_a_helper_that_cannot_start_is_one_expman_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The interpreter gone (a removed virtualenv) or no process slot left: one line."""
-    path = fuzzer_original(tmp_path / "model_dir")
-    stranger = tmp_path / "copy" / path.name
-    stranger.parent.mkdir()
-    shutil.copy(path, stranger)
+    stranger = strangers_copy(tmp_path)
     _sandbox._stop()  # no helper running: the next stranger's file starts one
     missing = tmp_path / "removed-venv" / "bin" / "python"
     monkeypatch.setattr(sys, "executable", str(missing))
@@ -262,10 +268,7 @@ def test_the_helper_never_imports_the_users_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A training repository's own module names (here h5py.py) do not shadow the helper's."""
-    path = fuzzer_original(tmp_path / "model_dir")
-    stranger = tmp_path / "copy" / path.name
-    stranger.parent.mkdir()
-    shutil.copy(path, stranger)
+    stranger = strangers_copy(tmp_path)
     project = tmp_path / "project"
     project.mkdir()
     (project / "h5py.py").write_text("raise ImportError('the project\\'s own h5py.py')\n")

@@ -668,7 +668,7 @@ class _TensorStorages:
         if packed is None:
             packed = checked_packed_dataset(path, self._f, record.path, self._size)
             self._packed[record.path] = packed
-        return packed_tensor(packed, record.offset, record.kind, spec)
+        return packed_tensor(packed, record.offset, spec)
 
 
 def _checked_datasets(

@@ -34,7 +34,6 @@ from expman._errors import (
 from expman._text import has_control_character
 from expman.checkpoints._architecture import Architecture, TensorSpec
 from expman.checkpoints._layout import packed_path, step_of_filename, tensor_path
-from expman.checkpoints._state import dtype_name
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -576,7 +575,6 @@ class PackedDataset:
     offset: int
     dtype: np.dtype[Any]
     length: int
-    stored: int
     identity: Any
 
 
@@ -599,19 +597,18 @@ def checked_packed_dataset(
     ):
         raise refused(path, f"{where!r:.80} is not a contiguous one-dimensional array")
     length = int(dsid.shape[0])
-    declared = length * dtype.itemsize
-    stored = _stored_bytes(path, dsid, where, layout, filters, declared, file_size)
-    return PackedDataset(dsid.get_offset() or 0, dtype, length, stored, dsid)
+    _stored_bytes(path, dsid, where, layout, filters, length * dtype.itemsize, file_size)
+    return PackedDataset(dsid.get_offset() or 0, dtype, length, dsid)
 
 
-def packed_tensor(packed: PackedDataset, offset: int, kind: str, spec: TensorSpec) -> TensorStorage:
+def packed_tensor(packed: PackedDataset, offset: int, spec: TensorSpec) -> TensorStorage:
     """Where a packed tensor's bytes are: ``offset`` elements into ``packed``.
 
-    Raises ``ValueError`` for a tensor that does not lie inside the packed
-    dataset or whose dtype differs from its record (the caller names the tensor).
+    Its dtype is the packed dataset's: the manifest names the dataset of its
+    recorded dtype, and the dataset has the dtype its name says. Raises
+    ``ValueError`` for a tensor that does not lie inside the packed dataset
+    (the caller names the tensor).
     """
-    if kind != "bits" and dtype_name(packed.dtype) != spec.dtype:
-        raise ValueError(f"stored as {packed.dtype.name}, recorded as {spec.dtype}")
     count = math.prod(spec.shape)
     if offset + count > packed.length:
         raise ValueError(
@@ -619,7 +616,8 @@ def packed_tensor(packed: PackedDataset, offset: int, kind: str, spec: TensorSpe
             "packed dataset"
         )
     start = packed.offset + offset * packed.dtype.itemsize
-    return TensorStorage(spec.shape, packed.dtype, start, None, packed.stored, packed.identity)
+    nbytes = count * packed.dtype.itemsize
+    return TensorStorage(spec.shape, packed.dtype, start, None, nbytes, packed.identity)
 
 
 def _stored_bytes(
