@@ -84,7 +84,7 @@ def build(repo: Path, experiments: int, runs: int) -> None:
                             "step": 200 * r,
                             "file": f"ckpt-{200 * r:06d}.h5",
                             "size": 1,
-                            "sha256": "0",
+                            "blake3": "0" * 64,
                             "metrics": {},
                         }
                     ],

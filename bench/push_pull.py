@@ -76,12 +76,12 @@ def s3fs_process(endpoint: str, how: str, sources: list[str], targets: list[str]
 
 
 def verify(directory: Path, names: list[str]) -> None:
-    """What pull does to each downloaded checkpoint, alone: its sha256, then its structure."""
-    from expman.remote._files import sha256_of
+    """What pull does to each downloaded checkpoint, alone: its digest, then its structure."""
+    from expman._digest import file_digest
     from expman.remote._pull import _validate
 
     for name in names:
-        sha256_of(directory / name)
+        file_digest(directory / name)
         _validate(directory / name, name)
 
 
@@ -201,7 +201,7 @@ def main() -> None:
             ],
             [f"s3fs get ({mib:.0f} MiB)", *rate(m["get"], mib)],
             ["s3fs get, own process", *rate(m["get, own process"], mib)],
-            ["verification alone (sha256 + structure)", *rate(m["verify"], mib)],
+            ["verification alone (BLAKE3 + structure)", *rate(m["verify"], mib)],
             [
                 "expman pull --checkpoints all",
                 *rate(m["pull"], mib),
@@ -220,12 +220,12 @@ def main() -> None:
             for e in range(args.experiments):
                 name = f"exp{e:04d}"
                 manifest = {
-                    "format": 2,
+                    "format": 3,
                     "experiment": name,
                     "commit": "",
                     "pushed": "2026-11-25T00:00:00+00:00",
                     "files": {
-                        f"checkpoints/ckpt-{200 * r:06d}.h5": {"sha256": "0", "size": 1}
+                        f"checkpoints/ckpt-{200 * r:06d}.h5": {"blake3": "0" * 64, "size": 1}
                         for r in (1, 2)
                     },
                 }

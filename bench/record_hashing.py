@@ -7,7 +7,7 @@ The command, a script in a throwaway git repository, saves ``--checkpoints``
 checkpoints of ``--mib`` MiB through ``CheckpointManager``, ``--pause``
 seconds apart (the training between saves), and writes down when it ends.
 Reported per program: the median of expman's exit less the command's end,
-which is the run record's work (the sha256 of each checkpoint not hashed
+which is the run record's work (the digest of each checkpoint not hashed
 before, the record's commit) and expman's exit. Several ``--expman``
 programs (two installs, before and after a change) alternate in the same
 repetitions; each run is a new experiment, its checkpoints removed after.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -11,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 
 from tests.cli import checkout_state, expman
@@ -258,7 +258,8 @@ def test_run_resumes_and_records_each_run_in_git(workspace: Path) -> None:
     )
     assert [c["step"] for c in checkpoints] == [1, 20, 40]
     newest = ckpt_dir / "ckpt-000040.h5"
-    assert checkpoints[-1]["sha256"] == hashlib.sha256(newest.read_bytes()).hexdigest()
+    assert checkpoints[-1]["blake3"] == blake3.blake3(newest.read_bytes()).hexdigest()
+    assert "sha256" not in checkpoints[-1]
     assert checkpoints[-1]["size"] == newest.stat().st_size
     metrics = json.loads(
         read_branch_file(workspace, "exp/base", "expman-runs/base/002/metrics.json")
@@ -602,7 +603,8 @@ def test_trailers_read_through_the_reader_are_the_ones_git_reads(workspace: Path
 
 
 HASHED_WHILE_RUNNING = """
-import hashlib, json, pathlib, sys, time
+import json, pathlib, sys, time
+import blake3
 import numpy as np
 import expman
 
@@ -610,7 +612,10 @@ ckpts = expman.CheckpointManager()
 for step in (1, 2):
     ckpts.save(step, {"w": np.full(1000, step, np.float32)}, force=True)
 cache = pathlib.Path(sys.argv[1])
-files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpts.directory.glob("ckpt-*")}
+files = {
+    p.name: "blake3:" + blake3.blake3(p.read_bytes()).hexdigest()
+    for p in ckpts.directory.glob("ckpt-*")
+}
 deadline = time.monotonic() + 20
 while time.monotonic() < deadline:  # expman hashes committed checkpoints while this runs
     known = json.loads(cache.read_text()) if cache.exists() else {}
@@ -627,7 +632,7 @@ ckpts.save(3, {"w": np.full(1000, 3, np.float32)}, force=True)
 def test_checkpoints_are_hashed_for_the_record_while_the_command_runs(workspace: Path) -> None:
     """A run's record waits only for the files saved at its very end to be hashed."""
     assert expman(workspace, "new", "hashed").returncode == 0
-    cache = workspace / ".expman" / "cache" / "sha256-hashed.json"
+    cache = workspace / ".expman" / "cache" / "digests-hashed.json"
     ran = expman(workspace, "run", "hashed", "--", "python", "-c", HASHED_WHILE_RUNNING, str(cache))
     assert ran.returncode == 0, ran.stderr
     assert "hashed while running: ['ckpt-000001.h5', 'ckpt-000002.h5']" in ran.stdout
@@ -635,7 +640,7 @@ def test_checkpoints_are_hashed_for_the_record_while_the_command_runs(workspace:
     checkpoints = json.loads(
         read_branch_file(workspace, "exp/hashed", "expman-runs/hashed/001/checkpoints.json")
     )
-    assert {c["file"]: c["sha256"] for c in checkpoints} == {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt_dir.glob("ckpt-*")
+    assert {c["file"]: c["blake3"] for c in checkpoints} == {
+        p.name: blake3.blake3(p.read_bytes()).hexdigest() for p in ckpt_dir.glob("ckpt-*")
     }
     assert len(checkpoints) == 3

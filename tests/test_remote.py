@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import blake3
 import h5py
 import pytest
 
@@ -149,6 +150,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def blake3_of(path: Path) -> str:
+    return blake3.blake3(path.read_bytes()).hexdigest()
+
+
 def checkpoint_files(repo: Path, name: str) -> list[str]:
     directory = repo / ".expman" / "checkpoints" / name
     return sorted(p.name for p in directory.glob("*")) if directory.is_dir() else []
@@ -191,7 +196,7 @@ def test_two_machines_train_push_pull_resume_and_compare(machines: Machines) -> 
     for entry in records(a, "base", 2):
         path = directory / entry["file"]
         assert path.stat().st_size == entry["size"]
-        assert sha256(path) == entry["sha256"]
+        assert blake3_of(path) == entry["blake3"]
     # the event log came along: run 2's metrics continue run 1's
     events = (directory / "events.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in events]
@@ -227,11 +232,11 @@ def test_the_store_holds_each_file_once_by_digest(tmp_path: Path) -> None:
     ]
     for entry in records(machines.a, "base", 1):
         assert files[f"checkpoints/{entry['file']}"] == {
-            "sha256": entry["sha256"],
+            "blake3": entry["blake3"],
             "size": entry["size"],
         }
-        stored = store / "objects" / "sha256" / entry["sha256"][:2] / entry["sha256"]
-        assert sha256(stored) == entry["sha256"]
+        stored = store / "objects" / "blake3" / entry["blake3"][:2] / entry["blake3"]
+        assert blake3_of(stored) == entry["blake3"]
     assert len(list((store / "objects").rglob("*"))) - len(
         list((store / "objects").rglob("*/"))
     ) >= len(files)
@@ -275,7 +280,7 @@ def test_a_corrupted_object_is_caught_by_its_digest_and_never_used(machines: Mac
     train_and_push(machines.a)
     latest = records(machines.a, "base", 1)[-1]
     fs, root = machines.store.fs()
-    key = f"{root}/objects/sha256/{latest['sha256'][:2]}/{latest['sha256']}"
+    key = f"{root}/objects/blake3/{latest['blake3'][:2]}/{latest['blake3']}"
     data = bytearray(fs.cat_file(key))
     data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
     fs.pipe_file(key, bytes(data))
@@ -303,7 +308,15 @@ def forge_latest_checkpoint(machine: Path, change: Callable[[h5py.File], None]) 
     path = machine / ".expman" / "checkpoints" / "base" / entries[-1]["file"]
     with h5py.File(path, "r+") as f:
         change(f)
-    entries[-1].update(sha256=sha256(path), size=path.stat().st_size)
+    entries[-1].update(blake3=blake3_of(path), size=path.stat().st_size)
+    commit_records(machine, "base", 1, entries, "forged")
+    return path
+
+
+def commit_records(
+    machine: Path, name: str, run: int, entries: list[dict[str, Any]], message: str
+) -> None:
+    """Commit ``entries`` as run ``run``'s checkpoints.json on exp/NAME, outside the checkout."""
     env = {**os.environ, "GIT_INDEX_FILE": str(machine.parent / "forged.index")}
 
     def plumbing(*args: str, content: str | None = None) -> str:
@@ -313,12 +326,12 @@ def forge_latest_checkpoint(machine: Path, change: Callable[[h5py.File], None]) 
         assert run.returncode == 0, run.stderr
         return run.stdout.strip()
 
-    plumbing("read-tree", "exp/base")
+    plumbing("read-tree", f"exp/{name}")
     blob = plumbing("hash-object", "-w", "--stdin", content=json.dumps(entries))
-    plumbing("update-index", "--cacheinfo", f"100644,{blob},expman-runs/base/001/checkpoints.json")
-    commit = plumbing("commit-tree", plumbing("write-tree"), "-p", "exp/base", "-m", "forged")
-    plumbing("update-ref", "refs/heads/exp/base", commit)
-    return path
+    record = f"expman-runs/{name}/{run:03d}/checkpoints.json"
+    plumbing("update-index", "--cacheinfo", f"100644,{blob},{record}")
+    commit = plumbing("commit-tree", plumbing("write-tree"), "-p", f"exp/{name}", "-m", message)
+    plumbing("update-ref", f"refs/heads/exp/{name}", commit)
 
 
 def test_a_hostile_file_matching_a_forged_record_is_refused_at_pull(tmp_path: Path) -> None:
@@ -371,6 +384,74 @@ def test_tensor_bytes_matching_a_forged_record_are_pulled_and_refused_at_restore
     ) in run.stderr
     assert "): restore another step, or move the file away\n" in run.stderr
     assert "starting at step" not in run.stdout
+
+
+def push_as_an_earlier_version(machine: Path, store: Path) -> dict[str, Path]:
+    """Train base and share it as expman did before BLAKE3: sha256 in records and store.
+
+    The run record names each checkpoint by its sha256, the store holds objects
+    under objects/sha256/ and a format 2 manifest. Returns the files by manifest path.
+    """
+    ok(expman(machine, "new", "base", "--set", "steps=200"))
+    ok(expman(machine, "run", "base"))
+    directory = machine / ".expman" / "checkpoints" / "base"
+    entries = records(machine, "base", 1)
+    for entry in entries:
+        del entry["blake3"]
+        entry["sha256"] = sha256(directory / entry["file"])
+    commit_records(machine, "base", 1, entries, "run 1 of base, as an earlier version")
+    git(machine, "push", "-q", "origin", "exp/base")
+    files = {f"checkpoints/{entry['file']}": directory / entry["file"] for entry in entries}
+    files["checkpoints/events.jsonl"] = directory / "events.jsonl"
+    files["runs/001/output.log"] = machine / ".expman" / "runs" / "base" / "001" / "output.log"
+    write_manifest(store, "base", {path: file.read_bytes() for path, file in files.items()})
+    return files
+
+
+def test_an_experiment_shared_by_an_earlier_version_pulls_resumes_and_pushes(
+    tmp_path: Path,
+) -> None:
+    """Records and objects named by sha256 still verify; new runs beside them use BLAKE3."""
+    store = tmp_path / "store"
+    machines = make_machines(tmp_path, Store(str(store), ()))
+    a, b = machines.a, machines.b
+    files = push_as_an_earlier_version(a, store)
+    latest = records(a, "base", 1)[-1]
+    old_object = store / "objects" / "sha256" / latest["sha256"][:2] / latest["sha256"]
+    good = old_object.read_bytes()
+    old_object.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+
+    damaged = expman(b, "pull")
+    assert damaged.returncode == 14
+    assert damaged.stderr.splitlines()[-1] == (
+        f"expman: error: {latest['file']} of base from {store} does not match its digest "
+        f"(sha256:{sha256(old_object)[:12]}..., expected sha256:{latest['sha256'][:12]}...): "
+        "the object on the store is damaged and was not used; push it again from a machine "
+        "that has it"
+    )
+    assert latest["file"] not in checkpoint_files(b, "base")
+
+    old_object.write_bytes(good)
+    ok(expman(b, "pull", "--checkpoints", "all"))
+    for path, file in files.items():
+        pulled = b / ".expman" / ("checkpoints" if path.startswith("checkpoints/") else "runs")
+        pulled = pulled / "base" / path.split("/", 1)[1]
+        assert pulled.read_bytes() == file.read_bytes(), path
+    resumed = ok(expman(b, "run", "base"))
+    assert "starting at step 200" in resumed.stdout
+    ok(expman(b, "push", "base"))
+
+    ok(expman(a, "pull", "--checkpoints", "all"))
+    run_2 = records(a, "base", 2)
+    assert all("blake3" in entry and "sha256" not in entry for entry in run_2)
+    for entry in run_2:
+        path = a / ".expman" / "checkpoints" / "base" / entry["file"]
+        assert blake3_of(path) == entry["blake3"]
+        assert (store / "objects" / "blake3" / entry["blake3"][:2] / entry["blake3"]).is_file()
+    manifests = [json.loads(p.read_text()) for p in (store / "manifests" / "base").iterdir()]
+    assert sorted(m["format"] for m in manifests) == [2, 3]
+    compare = ok(expman(a, "compare", "base@1", "base@2"))
+    assert "0.0025" in compare.stdout
 
 
 def test_a_missing_manifest_means_no_files_are_trusted(machines: Machines) -> None:
@@ -468,8 +549,8 @@ def test_a_push_killed_midway_resumes_and_nothing_partial_is_ever_restored(
     ok(expman(machines.b, "pull", "--checkpoints", "all"))
     for entry in records(machines.a, "base", 1):
         assert (
-            sha256(machines.b / ".expman" / "checkpoints" / "base" / entry["file"])
-            == entry["sha256"]
+            blake3_of(machines.b / ".expman" / "checkpoints" / "base" / entry["file"])
+            == entry["blake3"]
         )
     big = machines.b / ".expman" / "checkpoints" / "base" / "events.out.tfevents.big7"
     assert sha256(big) == sha256(machines.a / ".expman" / "checkpoints" / "base" / big.name)
@@ -671,7 +752,10 @@ def test_two_pushes_at_once_lose_no_manifest_entry(
 
 
 def objects_on(store: Path) -> set[str]:
-    return {p.name for p in (store / "objects").rglob("*") if p.is_file()}
+    """Each object as ``ALGORITHM:HEX``, the digest its path names."""
+    return {
+        f"{p.parent.parent.name}:{p.name}" for p in (store / "objects").rglob("*") if p.is_file()
+    }
 
 
 def test_gc_lists_by_default_and_deletes_only_what_nothing_references(tmp_path: Path) -> None:
@@ -683,9 +767,11 @@ def test_gc_lists_by_default_and_deletes_only_what_nothing_references(tmp_path: 
     first, second = sorted(
         (store / "manifests" / "base").iterdir(), key=lambda p: json.loads(p.read_text())["pushed"]
     )
-    garbage = hashlib.sha256(b"left by a push that never finished").hexdigest()
-    (store / "objects" / "sha256" / garbage[:2]).mkdir(parents=True, exist_ok=True)
-    (store / "objects" / "sha256" / garbage[:2] / garbage).write_bytes(b"left by a push ...")
+    # an object as earlier versions named them (by sha256) that nothing references
+    old = hashlib.sha256(b"left by a push that never finished").hexdigest()
+    (store / "objects" / "sha256" / old[:2]).mkdir(parents=True, exist_ok=True)
+    (store / "objects" / "sha256" / old[:2] / old).write_bytes(b"left by a push ...")
+    garbage = f"sha256:{old}"
     everything = objects_on(store)
 
     young = ok(expman(a, "remote", "gc"))
@@ -702,7 +788,7 @@ def test_gc_lists_by_default_and_deletes_only_what_nothing_references(tmp_path: 
     assert objects_on(store) == everything - {garbage}
     assert not first.exists() and second.exists()
     for entry in records(a, "base", 1):
-        assert entry["sha256"] in objects_on(store)
+        assert f"blake3:{entry['blake3']}" in objects_on(store)
     ok(expman(machines.b, "pull", "--checkpoints", "all"))
     assert (machines.b / ".expman" / "runs" / "base" / "001" / "review.txt").is_file()
 
@@ -718,7 +804,7 @@ def test_gc_keeps_what_a_branch_record_names_even_without_a_manifest(tmp_path: P
         ok(expman(machines.b, "remote", "gc", "--delete", "--min-age", "0", "--json")).stdout
     )
     kept = objects_on(store)
-    recorded = {entry["sha256"] for entry in records(machines.a, "base", 1)}
+    recorded = {f"blake3:{entry['blake3']}" for entry in records(machines.a, "base", 1)}
     assert recorded <= kept  # B never had the branch: gc fetched it and read its records
     assert set(gone["unreferenced_objects"]) == everything - recorded  # the logs, unnamed now
     assert kept == recorded
@@ -869,6 +955,80 @@ def test_a_manifest_naming_neither_checkpoints_nor_runs_is_refused(tmp_path: Pat
         "runs/: refusing it; push the experiment again from a trusted machine\n"
     )
     assert not (machines.b / ".expman" / "worktrees").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (
+            {"sha256": "../../../../secret", "size": 3},
+            "sha256 '../../../../secret' is not a digest",
+        ),
+        ({"blake3": "AB" * 32, "size": 3}, f"blake3 '{'AB' * 32}' is not a digest"),
+        ({"md5": "0" * 32, "size": 3}, "no digest (blake3 or sha256) in ['md5', 'size']"),
+    ],
+)
+def test_a_manifest_whose_digest_could_name_another_path_is_refused(
+    tmp_path: Path, entry: dict[str, Any], reason: str
+) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    directory = tmp_path / "store" / "manifests" / "base"
+    manifest = {
+        "format": 3,
+        "experiment": "base",
+        "commit": "",
+        "pushed": "9",
+        "files": {"runs/001/notes.txt": entry},
+    }
+    content = json.dumps(manifest).encode()
+    where = directory / f"{hashlib.sha256(content).hexdigest()}.json"
+    where.write_bytes(content)
+
+    pulled = expman(machines.b, "pull", "--checkpoints", "none")
+    assert pulled.returncode == 14
+    assert pulled.stderr == (
+        f"expman: error: the manifest {where} is damaged ({reason}): push the experiment "
+        "again from a machine that has its files\n"
+    )
+    assert not (machines.b / ".expman" / "runs" / "base" / "001" / "notes.txt").exists()
+
+
+def test_a_manifest_from_a_newer_expman_says_to_upgrade(tmp_path: Path) -> None:
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    directory = tmp_path / "store" / "manifests" / "base"
+    content = json.dumps({"format": 4, "files": {"runs/x": {"blake4": "0"}}}).encode()
+    where = directory / f"{hashlib.sha256(content).hexdigest()}.json"
+    where.write_bytes(content)
+
+    pulled = expman(machines.b, "pull")
+    assert pulled.returncode == 14
+    assert pulled.stderr == (
+        f"expman: error: the manifest {where} was written by a newer expman (format 4): "
+        "upgrade expman to read it\n"
+    )
+
+
+def test_a_record_naming_a_checkpoint_outside_its_directory_is_refused(tmp_path: Path) -> None:
+    """A teammate who can push to the git remote decides the records; not where files go."""
+    machines = make_machines(tmp_path, Store(str(tmp_path / "store"), ()))
+    train_and_push(machines.a)
+    entries = records(machines.a, "base", 1)
+    entries[-1]["file"] = "../../../../escaped.h5"
+    commit_records(machines.a, "base", 1, entries, "a record naming a path outside")
+    damaged = (
+        "expman: error: the run record expman-runs/base/001/checkpoints.json on base's branch "
+        "is damaged ('../../../../escaped.h5' is not a checkpoint's name): its checkpoints "
+        "cannot be shared or checked; fix or revert that commit\n"
+    )
+    pushed = expman(machines.a, "push", "base")
+    assert (pushed.returncode, pushed.stderr) == (14, damaged)
+    git(machines.a, "push", "-q", "origin", "exp/base")  # the teammate pushes it with git
+
+    pulled = expman(machines.b, "pull")
+    assert (pulled.returncode, pulled.stderr) == (14, damaged)
+    assert not list(tmp_path.rglob("escaped.h5"))
 
 
 def test_credentials_already_in_expman_toml_are_refused(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ A run of experiment ``wide`` is committed on ``exp/wide`` as the directory
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from expman._digest import digest_fields
 from expman._json import dumps
 from expman._text import one_line
 
@@ -38,8 +39,13 @@ class CheckpointEntry:
     step: int
     file: str
     size: int
-    sha256: str
+    digest: str  # "blake3:HEX" (expman._digest)
     metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"step", "file", "size", "blake3", "metrics"}``, as ``checkpoints.json`` lists it."""
+        fields = {"step": self.step, "file": self.file, "size": self.size}
+        return {**fields, **digest_fields(self.digest), "metrics": dict(self.metrics)}
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ def record_files(record: RunRecord) -> dict[str, bytes]:
         "metrics.json": _json(
             {"final": dict(record.final_metrics), "best": dict(record.best_metrics)}
         ),
-        "checkpoints.json": _json([asdict(c) for c in record.checkpoints]),
+        "checkpoints.json": _json([c.to_json() for c in record.checkpoints]),
     }
     if record.architecture is not None:
         files["architecture.json"] = _json(dict(record.architecture))

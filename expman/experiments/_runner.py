@@ -219,7 +219,7 @@ def run_experiment(
                 },
             )
             hashes = _checkpoint_hashes(ws, name)
-            with hashes.while_running(checkpoint_dir):  # the record's sha256, hashed meanwhile
+            with hashes.while_running(checkpoint_dir):  # the record's digests, hashed meanwhile
                 outcome = _execute(
                     _resolve_command(command),
                     worktree,
@@ -517,7 +517,7 @@ def _read_refusal(run_dir: Path) -> str | None:
 
 
 def _checkpoint_hashes(ws: Workspace, name: str) -> CheckpointHashes:
-    return CheckpointHashes(ws.state_dir / "cache" / f"sha256-{name}.json")
+    return CheckpointHashes(ws.state_dir / "cache" / f"digests-{name}.json")
 
 
 def _record(

@@ -9,7 +9,6 @@ the run was recorded, never again), so a pulled one is checked against them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from expman._digest import digest_from_fields, file_digest
 from expman._errors import RemoteIntegrityError
 from expman.checkpoints._catalog import INDEX_NAME
 from expman.experiments._records import RECORDS_DIR, record_directory
@@ -30,7 +30,6 @@ __all__ = [
     "local_path",
     "manifest_cache",
     "recorded_checkpoints",
-    "sha256_of",
 ]
 
 CHECKPOINTS = "checkpoints/"
@@ -58,9 +57,18 @@ def recorded_checkpoints(ws: Workspace, name: str, head: str) -> list[RecordedCh
     found: dict[str, RecordedCheckpoint] = {}
     for number, path in zip(runs, paths, strict=True):
         content = contents[path]
-        for item in json.loads(content) if content else []:
-            entry = FileEntry(str(item["sha256"]), int(item["size"]))
-            found[item["file"]] = RecordedCheckpoint(int(item["step"]), item["file"], entry, number)
+        try:
+            for item in json.loads(content) if content else []:
+                entry = FileEntry(digest_from_fields(item), int(item["size"]))
+                if not _CHECKPOINT.fullmatch(str(item["file"])):
+                    raise ValueError(f"{str(item['file'])[:80]!r} is not a checkpoint's name")
+                checkpoint = RecordedCheckpoint(int(item["step"]), str(item["file"]), entry, number)
+                found[checkpoint.file] = checkpoint
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise RemoteIntegrityError(
+                f"the run record {path} on {name}'s branch is damaged ({error}): its "
+                "checkpoints cannot be shared or checked; fix or revert that commit"
+            ) from error
     return sorted(found.values(), key=lambda c: c.step)
 
 
@@ -95,7 +103,7 @@ def local_files(
             stat = path.stat()
             digest = memory.digest(path, stat.st_size, stat.st_mtime_ns) if memory else None
             if digest is None:
-                digest = sha256_of(path)
+                digest = file_digest(path)
                 if memory:
                     memory.remember_digest(path, stat.st_size, stat.st_mtime_ns, digest)
             files[prefix + relative] = (path, FileEntry(digest, stat.st_size))
@@ -123,11 +131,6 @@ def local_path(ws: Workspace, name: str, manifest_path: str) -> Path:
 def manifest_cache(ws: Workspace) -> Path:
     """Where manifests read from any store are kept (named by their digest, so shared)."""
     return ws.state_dir / "remote" / "manifests"
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _regular_files(directory: Path) -> list[Path]:

@@ -57,13 +57,13 @@ def collect_garbage(
     for branches in (f"refs/heads/{prefix}", f"refs/remotes/{remote.git_remote}/{prefix}"):
         for info in ws.repo.refs(branches):
             name = info.ref.removeprefix(branches)
-            referenced |= {c.entry.sha256 for c in recorded_checkpoints(ws, name, info.commit)}
+            referenced |= {c.entry.digest for c in recorded_checkpoints(ws, name, info.commit)}
     now = time.time()
 
     def old(item: StoredObject) -> bool:
         return item.modified is not None and now - item.modified >= min_age_seconds
 
-    objects = [o for o in store.list_objects() if o.path.rsplit("/", 1)[-1] not in referenced]
+    objects = [o for o in store.list_objects() if store.digest_of_object(o.path) not in referenced]
     doomed = [o for o in objects if old(o)]
     listed = {o.path: o for o in store.list_manifests()}
     redundant = [
@@ -76,7 +76,7 @@ def collect_garbage(
         url=remote.url,
         deleted=delete,
         referenced_objects=len(referenced),
-        unreferenced_objects=tuple(o.path.rsplit("/", 1)[-1] for o in doomed),
+        unreferenced_objects=tuple(store.digest_of_object(o.path) for o in doomed),
         unreferenced_bytes=sum(o.size for o in doomed),
         redundant_manifests=tuple(
             p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in redundant

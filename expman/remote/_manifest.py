@@ -9,16 +9,19 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from expman._digest import digest_fields, digest_from_fields
 from expman._errors import RemoteIntegrityError
 
 __all__ = ["MANIFEST_FORMAT", "FileEntry", "Manifest", "Manifests"]
 
-MANIFEST_FORMAT = 2
+# 3: digests are BLAKE3 or sha256, one key named after the algorithm (2: sha256 only)
+MANIFEST_FORMAT = 3
+_READABLE = (2, 3)
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    sha256: str
+    digest: str  # "blake3:HEX" or "sha256:HEX" (expman._digest)
     size: int
 
 
@@ -38,7 +41,8 @@ class Manifest:
             "commit": self.commit,
             "pushed": self.pushed,
             "files": {
-                path: {"sha256": e.sha256, "size": e.size} for path, e in sorted(self.files.items())
+                path: {**digest_fields(e.digest), "size": e.size}
+                for path, e in sorted(self.files.items())
             },
         }
         return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
@@ -47,10 +51,15 @@ class Manifest:
     def from_json(cls, content: bytes, where: str) -> Manifest:
         try:
             data = json.loads(content)
-            if data["format"] != MANIFEST_FORMAT:
+            if isinstance(data["format"], int) and data["format"] > MANIFEST_FORMAT:
+                raise RemoteIntegrityError(
+                    f"the manifest {where} was written by a newer expman (format "
+                    f"{data['format']}): upgrade expman to read it"
+                )
+            if data["format"] not in _READABLE:
                 raise ValueError(f"format {data['format']!r}")
             files = {
-                str(path): FileEntry(str(entry["sha256"]), int(entry["size"]))
+                str(path): FileEntry(digest_from_fields(entry), int(entry["size"]))
                 for path, entry in data["files"].items()
             }
             return cls(str(data["experiment"]), str(data["commit"]), files, str(data["pushed"]))
@@ -83,4 +92,4 @@ class Manifests:
         return all(self.names(path, entry) for path, entry in files.items())
 
     def digests(self) -> set[str]:
-        return {e.sha256 for manifest in self.manifests for e in manifest.files.values()}
+        return {e.digest for manifest in self.manifests for e in manifest.files.values()}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from expman._digest import algorithm_of, file_digest
 from expman._errors import (
     CHECKPOINT_REMEDY,
     CheckpointError,
@@ -36,7 +37,6 @@ from expman.remote._files import (
     local_path,
     manifest_cache,
     recorded_checkpoints,
-    sha256_of,
 )
 from expman.remote._git import GitRemote
 from expman.remote._manifest import FileEntry, Manifests
@@ -111,7 +111,7 @@ def pull_experiments(
             target = local_path(ws, name, path)
             if path.startswith(CHECKPOINTS) and target.name.startswith("ckpt-"):
                 continue  # checkpoints below, verified against the records
-            if logs and not (target.is_file() and sha256_of(target) == entry.sha256):
+            if logs and not (target.is_file() and _digest_matches(target, entry)):
                 downloads.append((name, path, entry, target))
         if checkpoints != "none":  # the records are read only when checkpoints are wanted
             recorded = recorded_checkpoints(ws, name, available[name])
@@ -198,7 +198,7 @@ def fetch_checkpoints(
 ) -> tuple[dict[str, list[int]], int, int]:
     """Download the checkpoints not here yet; each verified before it is committed.
 
-    Each file is checked (its sha256, then the file's structure as a restore
+    Each file is checked (its digest, then the file's structure as a restore
     checks it before reading) as soon as it has arrived, while the others are still downloading.
     Returns the steps now present per experiment, and the files and bytes downloaded.
     """
@@ -266,12 +266,16 @@ def _final(ws: Workspace, name: str, checkpoint: RecordedCheckpoint) -> Path:
     return ws.checkpoint_dir(name) / checkpoint.file
 
 
+def _digest_matches(path: Path, entry: FileEntry) -> bool:
+    return file_digest(path, algorithm_of(entry.digest)) == entry.digest
+
+
 def _check_digest(path: Path, entry: FileEntry, what: str, url: str) -> None:
-    digest = sha256_of(path)
-    if digest != entry.sha256 or path.stat().st_size != entry.size:
+    digest = file_digest(path, algorithm_of(entry.digest))
+    if digest != entry.digest or path.stat().st_size != entry.size:
         raise RemoteIntegrityError(
-            f"{what} from {url} does not match its digest (sha256 {digest[:12]}..., expected "
-            f"{entry.sha256[:12]}...): the object on the store is damaged and was not used; "
+            f"{what} from {url} does not match its digest ({digest[:19]}..., expected "
+            f"{entry.digest[:19]}...): the object on the store is damaged and was not used; "
             "push it again from a machine that has it"
         )
 

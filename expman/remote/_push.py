@@ -102,9 +102,9 @@ def push_experiments(
             changed.append(name)
         known = old.digests() if old else set()
         for path, entry in local[name].values():
-            if entry.sha256 not in known:
-                uploads.setdefault(entry.sha256, (path, entry))
-    missing = {entry.sha256 for entry in store.missing([e for _, e in uploads.values()])}
+            if entry.digest not in known:
+                uploads.setdefault(entry.digest, (path, entry))
+    missing = {entry.digest for entry in store.missing([e for _, e in uploads.values()])}
     to_send = [uploads[digest] for digest in sorted(missing)]
     store.upload(to_send, progress, f"uploading to {remote.name}")
     refused_refs = set(git_remote().push([str(ws.ref(name)) for name in pushed], progress))

@@ -21,12 +21,12 @@ from expman.remote._manifest import FileEntry
 
 __all__ = ["PushMemory", "fingerprint"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: digests as "ALGORITHM:HEX" (1: bare sha256 hex, forgotten on reading)
 
 
 def fingerprint(commit: str, files: Mapping[str, FileEntry]) -> str:
     """One digest of what a push sends for an experiment: its commit and its files."""
-    listing = {path: [e.sha256, e.size] for path, e in sorted(files.items())}
+    listing = {path: [e.digest, e.size] for path, e in sorted(files.items())}
     text = json.dumps({"commit": commit, "files": listing}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

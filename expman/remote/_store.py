@@ -2,7 +2,8 @@
 
 Layout under the store's URL::
 
-    objects/sha256/ab/abcdef...          a file, named by the sha256 of its bytes
+    objects/blake3/ab/abcdef...          a file, named by the BLAKE3 digest of its bytes
+    objects/sha256/ab/abcdef...          (or by its sha256, as earlier versions named them)
     manifests/NAME/<sha256>.json         what a push knew of an experiment's files,
                                          named by the sha256 of its own bytes
 
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.callbacks import Callback
 
+from expman._digest import ALGORITHMS as DIGEST_ALGORITHMS
 from expman._errors import ExpmanError, RemoteError, RemoteIntegrityError
 from expman.remote._config import RemoteConfig
 from expman.remote._manifest import FileEntry, Manifest, Manifests
@@ -70,7 +72,15 @@ class ObjectStore:
             self.fs.makedirs(self.root, exist_ok=True)
 
     def object_path(self, digest: str) -> str:
-        return f"{self.root}/objects/sha256/{digest[:2]}/{digest}"
+        """Where the object of an ``ALGORITHM:HEX`` digest (checked hex: expman._digest) lies."""
+        algorithm, _, value = digest.partition(":")
+        return f"{self.root}/objects/{algorithm}/{value[:2]}/{value}"
+
+    @staticmethod
+    def digest_of_object(path: str) -> str:
+        """The digest an object's path names (``object_path`` read backwards)."""
+        parts = path.rsplit("/", 3)
+        return f"{parts[-3]}:{parts[-1]}"
 
     def manifest_directory(self, experiment: str) -> str:
         return f"{self.root}/manifests/{experiment}"
@@ -169,7 +179,7 @@ class ObjectStore:
 
         def size(entry: FileEntry) -> int | None:
             try:
-                return int(self.fs.size(self.object_path(entry.sha256)))
+                return int(self.fs.size(self.object_path(entry.digest)))
             except FileNotFoundError:
                 return None
 
@@ -183,7 +193,11 @@ class ObjectStore:
 
     def list_objects(self) -> list[StoredObject]:
         with self._errors("list the objects of"):
-            return self._listing(f"{self.root}/objects/sha256")
+            return [
+                found
+                for algorithm in DIGEST_ALGORITHMS
+                for found in self._listing(f"{self.root}/objects/{algorithm}")
+            ]
 
     def delete(self, paths: Sequence[str]) -> None:
         if paths:
@@ -197,7 +211,7 @@ class ObjectStore:
         if not files:
             return
         sources = [str(path) for path, _ in files]
-        targets = [self.object_path(entry.sha256) for _, entry in files]
+        targets = [self.object_path(entry.digest) for _, entry in files]
         if self.local:
             for target in {t.rsplit("/", 1)[0] for t in targets}:
                 self.fs.makedirs(target, exist_ok=True)
@@ -223,7 +237,7 @@ class ObjectStore:
 
         def fetch(item: tuple[FileEntry, Path]) -> tuple[FileEntry, Path]:
             entry, target = item
-            source = self.object_path(entry.sha256)
+            source = self.object_path(entry.digest)
             self.fs.get_file(source, str(target), callback=callback.branched(source, target))
             return item
 
