@@ -33,7 +33,7 @@ from expman import (
     ExpmanError,
     read_metadata,
 )
-from expman.checkpoints._format import validate_checkpoint
+from expman.checkpoints._sandbox import check_whole
 from tests.hostile_checkpoints import CASES, SECRET, Case, state, write_steps
 
 
@@ -114,7 +114,7 @@ def test_validating_a_strangers_file_refuses_it_as_a_restore_would(
     scratch.mkdir()
     case.damage(path, scratch)
     with pytest.raises(case.error) as caught:
-        validate_checkpoint(path)
+        check_whole(path)
     assert type(caught.value) is case.error
     assert str(caught.value) == case.message(path)
 
@@ -123,7 +123,7 @@ def test_validating_leaves_tensor_checksums_to_the_restore(three_steps: Path) ->
     path = three_steps / "ckpt-000003.h5"
     with h5py.File(path, "r+") as f:
         f["packed/float32"][45] = 42.0  # same layout, other bytes (of dnn/logits/kernel)
-    assert validate_checkpoint(path).step == 3
+    check_whole(path)  # no error: the layout is sound
     with pytest.raises(CheckpointCorruptError) as caught:
         CheckpointManager(three_steps).restore_latest(state(0))
     assert str(caught.value).startswith(

@@ -208,6 +208,33 @@ def test_two_machines_train_push_pull_resume_and_compare(machines: Machines) -> 
     )
 
 
+_PULL_IN_THIS_PROCESS = """
+import sys
+import expman.cli
+
+try:
+    expman.cli.main(["pull", "--checkpoints", "all"])
+except SystemExit as exit:
+    print(exit.code, sorted(m for m in ("h5py", "numpy") if m in sys.modules))
+"""
+
+
+def test_pull_leaves_a_pulled_checkpoint_to_hdf5_in_the_checking_process_only(
+    machines: Machines,
+) -> None:
+    """A pulled file is a stranger's: HDF5 parses it only in the helper (docs/sharing.md)."""
+    train_and_push(machines.a)
+    pulled = subprocess.run(
+        [sys.executable, "-c", _PULL_IN_THIS_PROCESS],
+        cwd=machines.b,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pulled.stdout.splitlines()[-1] == "0 []"
+    assert checkpoint_files(machines.b, "base") == checkpoint_files(machines.a, "base")
+
+
 def test_a_second_push_with_nothing_new_sends_nothing(machines: Machines) -> None:
     train_and_push(machines.a)
     again = json.loads(ok(expman(machines.a, "push", "--json")).stdout)

@@ -69,7 +69,6 @@ __all__ = [
     "read_metadata",
     "read_tensors",
     "tensor_path",
-    "validate_checkpoint",
     "write_checkpoint",
 ]
 
@@ -435,47 +434,26 @@ def read_metadata(path: Path) -> CheckpointMetadata:
         os.close(fd)
 
 
-def validate_checkpoint(path: Path) -> CheckpointMetadata:
-    """Check a checkpoint from elsewhere as a restore would, without reading a tensor.
-
-    Everything :func:`read_metadata` checks, then every tensor's dataset as
-    :func:`read_tensors` checks it before reading (``docs/checkpoint-format.md``,
-    "What a reader checks", 1 to 6). Tensor checksums (7) are left to the
-    restore, which verifies them as it reads.
-
-    Raises:
-        CheckpointCorruptError: the file is not HDF5, truncated or damaged.
-        CheckpointFormatError: the file breaks the format.
-        CheckpointReadError: the file is missing, unreadable or not a regular file.
-    """
-    metadata = read_metadata(path)
-    fd, info = open_regular_file(path)
-    try:
-        with _open(path, info) as f:
-            if info.st_size != metadata.size:
-                raise CheckpointCorruptError(f"{path} changed while it was checked: check it again")
-            _checked_datasets(f, metadata, [t.name for t in metadata.tensors], fd, info.st_size)
-    finally:
-        os.close(fd)
-    return metadata
-
-
-def examine_here(path: Path) -> dict[str, Any]:
+def examine_here(path: Path, *, whole: bool = False) -> dict[str, Any]:
     """What the sandbox's helper runs: every check of a read but reading tensor bytes.
 
     Returns the file's stat identity and metadata as JSON. Each tensor
     dataset is opened and checked as a read would check it, so that HDF5 has
-    parsed every object a later read opens; a tensor that fails its check
-    fails when it is read, as without the helper.
+    parsed every object a later read opens. A tensor that fails its check
+    fails when it is read, as without the helper; with ``whole`` (a pulled
+    file, checked before it is kept) it fails the file now.
     """
     fd, info = open_regular_file(path)
     try:
         with _open(path, info) as f:
             metadata = _metadata(path, f, fd, info)
-            storages = _TensorStorages(f, metadata, fd, info.st_size)
-            for record in metadata.tensors:
-                with contextlib.suppress(CheckpointError, *_READ_ERRORS):
-                    storages.checked(record)
+            if whole:
+                _checked_datasets(f, metadata, [t.name for t in metadata.tensors], fd, info.st_size)
+            else:
+                storages = _TensorStorages(f, metadata, fd, info.st_size)
+                for record in metadata.tensors:
+                    with contextlib.suppress(CheckpointError, *_READ_ERRORS):
+                        storages.checked(record)
     finally:
         os.close(fd)
     return {"stat": list(stat_key(info)), "metadata": _metadata_to_json(metadata)}

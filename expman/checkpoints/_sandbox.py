@@ -44,9 +44,11 @@ __all__ = [
     "DEFAULT_TIME_LIMIT",
     "ENV_TIME_LIMIT",
     "StatKey",
+    "check_whole",
     "examine",
     "is_sound",
     "serve",
+    "start",
     "stat_key",
     "time_limit",
     "vouch",
@@ -104,19 +106,20 @@ def time_limit() -> float:
     return value if value > 0 else DEFAULT_TIME_LIMIT
 
 
-def examine(path: Path, info: os.stat_result) -> dict[str, Any]:
+def examine(path: Path, info: os.stat_result, *, whole: bool = False) -> dict[str, Any]:
     """A stranger's file, checked by the helper: its metadata as JSON, or its expman error.
 
-    ``info`` is the file as this process sees it. A verdict against the file
-    is kept while the file is unchanged, so a damaged file costs its time
-    limit once.
+    ``info`` is the file as this process sees it. With ``whole``, a tensor
+    whose storage fails its check fails the file now (else when it is read).
+    A verdict against the file is kept while the file is unchanged, so a
+    damaged file costs its time limit once.
     """
-    key = (str(path), stat_key(info))
+    key = (str(path), stat_key(info), whole)
     with _lock:
         if key in _failures:
             raise _error(*_failures[key])
         limit = time_limit()
-        answer = _ask(path, limit)
+        answer = _ask(path, limit, whole)
         if "metadata" in answer:
             checked = tuple(answer["stat"])
             _sound.add(checked)
@@ -133,18 +136,50 @@ def examine(path: Path, info: os.stat_result) -> dict[str, Any]:
         raise _error(answer["error"], answer["message"])
 
 
+def check_whole(path: Path) -> None:
+    """Every check a restore makes before it reads a tensor, all in the helper.
+
+    For a file from elsewhere (a pulled checkpoint) before it is kept: this
+    process neither imports nor runs HDF5 for it (the helper also runs the
+    checks of the file itself: its type and signature). Tensor checksums are
+    left to the restore, which verifies them as it reads.
+
+    Raises:
+        CheckpointCorruptError, CheckpointFormatError, CheckpointReadError:
+            as a restore of the file would.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise CheckpointReadError(
+            f"cannot read checkpoint {path} ({error.strerror or error}): "
+            "check that it exists and is readable, or move it away"
+        ) from error
+    examine(path, info, whole=True)
+
+
+def start() -> None:
+    """Start the helper now (it takes about 0.3 s), for files expected soon."""
+    with _lock:
+        _started()
+
+
+def _started() -> _Helper:
+    if not _helper:
+        _helper.append(_Helper())
+        atexit.register(_stop)
+    return _helper[0]
+
+
 def _error(kind: str, message: str) -> CheckpointError:
     return _ERRORS.get(kind, CheckpointCorruptError)(message)
 
 
-def _ask(path: Path, limit: float) -> dict[str, Any]:
+def _ask(path: Path, limit: float, whole: bool) -> dict[str, Any]:
     """The helper's answer about ``path``; a timeout or a death becomes an error answer."""
-    if not _helper:
-        _helper.append(_Helper())
-        atexit.register(_stop)
-    helper = _helper[0]
+    helper = _started()
     try:
-        line = helper.ask(path, limit)
+        line = helper.ask(path, limit, whole)
     except BaseException:  # an interrupt (Ctrl-C, an alarm): the helper's state is unknown
         _stop()
         raise
@@ -214,9 +249,9 @@ class _Helper:
                 f"not start (exit status {self.returncode}); run with EXPMAN_DEBUG=1 to see why"
             )
 
-    def ask(self, path: Path, limit: float) -> bytes | None:
+    def ask(self, path: Path, limit: float, whole: bool) -> bytes | None:
         """The answer line; ``b""`` if the helper died, None if it did not answer in time."""
-        request = json.dumps({"path": str(path), "limit": limit}).encode() + b"\n"
+        request = json.dumps({"path": str(path), "limit": limit, "whole": whole}).encode() + b"\n"
         assert self.process.stdin is not None
         try:
             self.process.stdin.write(request)
@@ -265,7 +300,7 @@ def serve() -> None:
         signal.alarm(int(request["limit"]) + 10)
         answer: dict[str, Any]
         try:
-            answer = examine_here(Path(request["path"]))
+            answer = examine_here(Path(request["path"]), whole=request["whole"])
         except CheckpointError as error:
             answer = {"error": type(error).__name__, "message": str(error)}
         except Exception as error:  # reported to the parent, which raises it as a bug
