@@ -26,6 +26,7 @@ from expman import (
     ModelConfigChangedWarning,
     PartialRestoreWarning,
 )
+from expman.checkpoints._state import SameAs
 from tests.conftest import estimator_state, zeros_like_state
 
 
@@ -409,6 +410,36 @@ def test_async_save_copies_on_the_callers_thread(ckpt_dir: Path) -> None:
     state["w"][:] = 5.0  # changed while the write may still be in flight
     manager.close()
     np.testing.assert_array_equal(CheckpointManager(ckpt_dir).load(1)["w"], np.zeros(1000))
+
+
+def test_async_saves_reusing_staging_buffers_keep_each_values_kind_shape_and_ties(
+    ckpt_dir: Path,
+) -> None:
+    """Staging buffers are reused between saves only for the same kind, shape and dtype."""
+    manager = CheckpointManager(ckpt_dir, async_save=True)
+    shared = np.arange(4.0)
+    states = [
+        {"lr": 0.5, "w": np.zeros(3, np.float32), "v": shared, "tied": SameAs("v")},
+        {
+            "lr": np.float64(0.25),
+            "w": np.ones((2, 2), np.float32),
+            "v": shared + 1,
+            "tied": SameAs("v"),
+        },
+        {"lr": 0.125, "w": np.full((2, 2), 2.0), "v": shared + 2, "tied": SameAs("v")},
+    ]
+    for step, state in enumerate(states, 1):
+        assert manager.save(step, state, force=True)
+    manager.close()
+    reader = CheckpointManager(ckpt_dir)
+    loaded = [reader.load(step) for step in (1, 2, 3)]
+    assert [type(state["lr"]) for state in loaded] == [float, np.float64, float]
+    assert [state["lr"] for state in loaded] == [0.5, 0.25, 0.125]
+    for state, saved in zip(loaded, states, strict=True):
+        assert state["w"].dtype == saved["w"].dtype
+        np.testing.assert_array_equal(state["w"], saved["w"])
+        np.testing.assert_array_equal(state["v"], saved["v"])
+        np.testing.assert_array_equal(state["tied"], saved["v"])
 
 
 def test_async_failure_is_raised_at_the_next_call(

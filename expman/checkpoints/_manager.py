@@ -156,7 +156,7 @@ class CheckpointManager:
         self.last_restore: RestoreReport | None = None
         self._catalog = CheckpointDirectory(self.directory)
         self._writer = BackgroundWriter() if async_save else None
-        self._staging: dict[str, np.ndarray[Any, Any]] = {}
+        self._staging: dict[str, Leaf] = {}  # by name: its staging buffer, as a leaf
         self._latest_step = max(self._catalog.steps(), default=None)
         self._started_empty = self._latest_step is None
         self._saved_any = False
@@ -384,19 +384,26 @@ class CheckpointManager:
 
         Reusing the buffer makes the copy about 3x faster than a new allocation
         (no page faults), which is most of what an asynchronous save blocks for.
+        The staged leaf is kept with it, so a save with the same layout as the
+        last one makes no new objects per tensor.
         """
         if isinstance(leaf.value, str):
             return leaf
         if leaf.same_as is not None:  # a tied leaf shares the buffer of its first name
-            return Leaf(
-                leaf.name, leaf.kind, self._staging[leaf.same_as], leaf.bits_dtype, leaf.same_as
-            )
-        buffer = self._staging.get(leaf.name)
-        if buffer is None or buffer.shape != leaf.value.shape or buffer.dtype != leaf.value.dtype:
-            buffer = np.empty(leaf.value.shape, leaf.value.dtype)
-            self._staging[leaf.name] = buffer
-        np.copyto(buffer, leaf.value)
-        return Leaf(leaf.name, leaf.kind, buffer, leaf.bits_dtype)
+            return leaf._replace(value=self._staging[leaf.same_as].value)
+        staged = self._staging.get(leaf.name)
+        value = leaf.value
+        if (
+            staged is None
+            or staged.kind != leaf.kind
+            or staged.bits_dtype != leaf.bits_dtype
+            or staged.value.shape != value.shape
+            or staged.value.dtype != value.dtype
+        ):
+            staged = leaf._replace(value=np.empty(value.shape, value.dtype))
+            self._staging[leaf.name] = staged
+        np.copyto(staged.value, value)
+        return staged
 
     def _raise_background_error(self, *, wait: bool = True) -> None:
         """Raise the failure of an asynchronous save, waiting for it unless ``wait`` is False."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -83,9 +83,12 @@ def fillable(value: Any) -> Any:
     return value.array if isinstance(value, Bits) else value
 
 
-@dataclass(frozen=True)
-class Leaf:
+class Leaf(NamedTuple):
     """One value of a flattened state, ready to be written.
+
+    A named tuple rather than a frozen dataclass: a save makes one or two a
+    tensor, and at 10,000 tensors the dataclass's ``__init__`` alone took
+    ~30 ms of it (docs/benchmarks.md).
 
     Attributes:
         name: the full tensor name, e.g. ``dnn/logits/bias``.
@@ -112,9 +115,8 @@ class Leaf:
         return "str" if isinstance(self.value, str) else dtype_name(self.value.dtype)
 
 
-@dataclass(frozen=True)
-class Slot:
-    """Where a flattened name lives in a nested state: ``container[key]``."""
+class Slot(NamedTuple):
+    """Where a flattened name lives in a nested state: ``container[key]`` (a tuple: Leaf)."""
 
     container: MutableMapping[str, Any]
     key: str
@@ -138,7 +140,8 @@ def iter_slots(state: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
                 "characters; use string names such as 'dnn/logits/bias'"
             )
         name = f"{prefix}/{key}" if prefix else key
-        if isinstance(value, Mapping):
+        # an array is tested first: Mapping's isinstance is an ABC check, slow per tensor
+        if not isinstance(value, np.ndarray) and isinstance(value, Mapping):
             yield from iter_slots(value, name)
         else:
             yield name, Slot(state, key)  # type: ignore[arg-type]
