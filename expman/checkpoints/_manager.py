@@ -391,18 +391,21 @@ class CheckpointManager:
             return leaf
         if leaf.same_as is not None:  # a tied leaf shares the buffer of its first name
             return leaf._replace(value=self._staging[leaf.same_as].value)
-        staged = self._staging.get(leaf.name)
         value = leaf.value
+        staged = self._staging.get(leaf.name)
+        buffer = None if staged is None else staged.value
         if (
             staged is None
+            or not isinstance(buffer, np.ndarray)
             or staged.kind != leaf.kind
             or staged.bits_dtype != leaf.bits_dtype
-            or staged.value.shape != value.shape
-            or staged.value.dtype != value.dtype
+            or buffer.shape != value.shape
+            or buffer.dtype != value.dtype
         ):
-            staged = leaf._replace(value=np.empty(value.shape, value.dtype))
+            buffer = np.empty(value.shape, value.dtype)
+            staged = leaf._replace(value=buffer)
             self._staging[leaf.name] = staged
-        np.copyto(staged.value, value)
+        np.copyto(buffer, value)
         return staged
 
     def _raise_background_error(self, *, wait: bool = True) -> None:

@@ -77,7 +77,7 @@ _BOOT = (
 StatKey = tuple[int, int, int, int, int]
 
 _sound: set[StatKey] = set()
-_failures: dict[tuple[str, StatKey], tuple[str, str]] = {}
+_failures: dict[tuple[str, StatKey, bool], tuple[str, str]] = {}  # (path, stat, whole)
 _lock = threading.Lock()
 _helper: list[_Helper] = []  # the running helper, if any
 

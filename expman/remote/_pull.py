@@ -26,9 +26,9 @@ from expman._errors import (
     ExperimentNotFoundError,
     RemoteIntegrityError,
 )
+from expman.checkpoints import _sandbox as sandbox
 from expman.checkpoints._catalog import CheckpointDirectory
 from expman.checkpoints._durable import fsync_directory, fsync_file, temporary_path
-from expman.checkpoints import _sandbox as sandbox
 from expman.experiments._workspace import Workspace
 from expman.remote._config import RemoteConfig
 from expman.remote._files import (
