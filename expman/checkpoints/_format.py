@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -605,25 +605,35 @@ def read_tensors(
                 )
             datasets = _checked_datasets(f, metadata, names, fd, info.st_size)
             small = _SmallReads(fd)
-            read: list[tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]] = []
+            read: dict[str, tuple[TensorRecord, np.ndarray[Any, Any] | str, _Checksum]] = {}
             tied: dict[Any, tuple[np.ndarray[Any, Any] | str, _Checksum]] = {}
-            for name in names:
+
+            def read_one(name: str) -> None:
                 record, storage, destination = records[name], datasets[name], destinations.get(name)
                 # Tied tensors (one stored tensor under several names) share one array
                 # unless each has its own destination: a read allocates no more than the
                 # file holds.
                 key = _tie_key(storage)
                 if key in tied and not _fits(destination, storage):
-                    read.append((record, *tied[key]))
-                    continue
+                    read[name] = (record, *tied[key])
+                    return
                 try:
                     value, digest = _read_value(storage, fd, hasher, small, record, destination)
                 except _READ_ERRORS as error:
                     raise _unreadable(path, name, error) from error
                 tied.setdefault(key, (value, digest))
-                read.append((record, value, digest))
-            small.read(path)
-            return _verified(path, read, specs)
+                read[name] = (record, value, digest)
+
+            # The small tensors first, in few system calls, their checksums computed on
+            # the hasher thread while the large ones are read (ties are in one group).
+            first = [name for name in names if _read_together(records[name], datasets[name])]
+            for name in first:
+                read_one(name)
+            small.read(path, hasher)
+            for name in names:
+                if name not in read:
+                    read_one(name)
+            return _verified(path, [read[name] for name in names], specs)
     finally:
         os.close(fd)
 
@@ -771,6 +781,15 @@ def _read_array(
     return target, hasher.submit(lambda: f"{CHECKSUM_ALGORITHM}:{state.hexdigest()}")
 
 
+def _read_together(record: TensorRecord, storage: TensorStorage) -> bool:
+    """Whether :func:`_read_array` queues this tensor on :class:`_SmallReads`."""
+    return (
+        record.kind != "str"
+        and storage.offset is not None
+        and _nbytes(storage) <= _INLINE_HASH_BYTES
+    )
+
+
 def _tie_key(storage: TensorStorage) -> tuple[Any, ...]:
     """The same for two names of one stored tensor (one dataset, or one packed range)."""
     where = storage.identity if storage.offset is None else storage.offset
@@ -793,18 +812,20 @@ class _SmallReads:
 
     Each is queued with where its bytes are; :meth:`read` reads every run of
     tensors lying end to end in the file (a packed dataset's tensors do) with
-    one ``preadv``. Their checksums are computed when asked for, after that.
+    one ``preadv``, then has all their checksums computed in one job on the
+    hasher thread.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._queued: list[tuple[int, memoryview, str]] = []
+        self._checksums: Future[list[str]] | None = None
 
     def queue(self, offset: int, view: memoryview, name: str) -> _Checksum:
         self._queued.append((offset, view, name))
-        return _HashWhenRead(view)
+        return _SmallChecksum(self, len(self._queued) - 1)
 
-    def read(self, path: Path) -> None:
+    def read(self, path: Path, hasher: ThreadPoolExecutor) -> None:
         queued = sorted(self._queued, key=lambda item: item[0])
         start = 0
         while start < len(queued):
@@ -820,16 +841,25 @@ class _SmallReads:
             except OSError as error:
                 raise _unreadable(path, queued[start][2], error) from error
             start = end
+        views = [view for _, view, _ in self._queued]
+        self._checksums = hasher.submit(
+            lambda: [f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_64_hexdigest(view)}" for view in views]
+        )
+
+    def checksum(self, index: int) -> str:
+        assert self._checksums is not None, "read() comes before the checksums"
+        return self._checksums.result()[index]
 
 
 @dataclass(frozen=True)
-class _HashWhenRead:
-    """The checksum of a buffer that :class:`_SmallReads` fills, computed when asked for."""
+class _SmallChecksum:
+    """The checksum of a tensor that :class:`_SmallReads` reads, computed after the read."""
 
-    view: memoryview
+    reads: _SmallReads
+    index: int
 
     def result(self) -> str:
-        return f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_64_hexdigest(self.view)}"
+        return self.reads.checksum(self.index)
 
 
 def _as_kind(value: np.ndarray[Any, Any] | str, kind: str, dtype: str) -> Any:

@@ -238,12 +238,15 @@ def fetch_checkpoints(
     def verify(temporary: Path) -> None:
         name, checkpoint, final = jobs[temporary]
         where = f"{checkpoint.file} of {name}"
+        synced = syncer.submit(fsync_file, temporary)  # the disk writes while the CPU checks
         _check_digest(temporary, checkpoint.entry, where, store.url)
         _validate(temporary, where)
+        synced.result()
         _commit_no_replace(temporary, final)
 
     objects = [(c.entry, temporary) for temporary, (_, c, _) in jobs.items()]
     verifier = ThreadPoolExecutor(_VERIFIERS, "expman-verify")
+    syncer = ThreadPoolExecutor(_VERIFIERS, "expman-fsync")
     try:
         # each file is verified (on its own thread: hashing releases the GIL)
         # as soon as it has arrived, while the others still download
@@ -260,6 +263,7 @@ def fetch_checkpoints(
             check.result()
     finally:
         verifier.shutdown(wait=True, cancel_futures=True)
+        syncer.shutdown(wait=True)
         for temporary in jobs:
             temporary.unlink(missing_ok=True)
     present: dict[str, list[int]] = {}
@@ -304,8 +308,7 @@ def _validate(path: Path, what: str) -> None:
 
 
 def _commit_no_replace(temporary: Path, final: Path) -> None:
-    """Give the verified file its name, never replacing one (a link fails if the name exists)."""
-    fsync_file(temporary)
+    """Give the verified, fsynced file its name, never replacing one (a link fails if it exists)."""
     with contextlib.suppress(FileExistsError):  # the same checkpoint arrived meanwhile
         os.link(temporary, final)
     fsync_directory(final.parent)
