@@ -116,7 +116,7 @@ class Leaf(NamedTuple):
 
 
 class Slot(NamedTuple):
-    """Where a flattened name lives in a nested state: ``container[key]`` (a tuple: Leaf)."""
+    """Where a flattened name lives in a nested state: ``container[key]`` (a named tuple)."""
 
     container: MutableMapping[str, Any]
     key: str
